@@ -1,0 +1,73 @@
+"""jetlane: durable execution for Python on NATS JetStream."""
+
+from __future__ import annotations
+
+from ._client import Client as Client
+from ._client import RunHandle as RunHandle
+from ._client import connect as connect
+from ._context import Context as Context
+from ._context import Plugins as Plugins
+from ._definition import Job as Job
+from ._definition import RetryPolicy as RetryPolicy
+from ._definition import define_job as define_job
+from ._definition import job as job
+from ._definition import registry as registry
+from ._errors import ConfigError as ConfigError
+from ._errors import ConnectError as ConnectError
+from ._errors import DecodeError as DecodeError
+from ._errors import EventTimeout as EventTimeout
+from ._errors import InputError as InputError
+from ._errors import JetlaneError as JetlaneError
+from ._errors import NonDeterminismError as NonDeterminismError
+from ._errors import NonRetryableError as NonRetryableError
+from ._errors import PayloadTooLarge as PayloadTooLarge
+from ._errors import RunAlreadyExists as RunAlreadyExists
+from ._errors import RunFailedError as RunFailedError
+from ._errors import RunNotFound as RunNotFound
+from ._errors import StepError as StepError
+from ._errors import StepFailed as StepFailed
+from ._errors import StreamMismatch as StreamMismatch
+from ._log import ConnectOptions as ConnectOptions
+from ._log import Log as Log
+from ._log import Names as Names
+from ._runner import Runner as Runner
+from ._runner import RunnerConfig as RunnerConfig
+from ._runner import StepTimeout as StepTimeout
+from ._status import RunStatus as RunStatus
+from ._steps import step as step
+
+__all__ = [
+    "Client",
+    "ConfigError",
+    "ConnectError",
+    "ConnectOptions",
+    "Context",
+    "DecodeError",
+    "EventTimeout",
+    "InputError",
+    "JetlaneError",
+    "Job",
+    "Log",
+    "Names",
+    "NonDeterminismError",
+    "NonRetryableError",
+    "PayloadTooLarge",
+    "Plugins",
+    "RetryPolicy",
+    "RunAlreadyExists",
+    "RunFailedError",
+    "RunHandle",
+    "RunNotFound",
+    "RunStatus",
+    "Runner",
+    "RunnerConfig",
+    "StepError",
+    "StepFailed",
+    "StepTimeout",
+    "StreamMismatch",
+    "connect",
+    "define_job",
+    "job",
+    "registry",
+    "step",
+]

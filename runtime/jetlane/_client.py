@@ -1,0 +1,187 @@
+"""The client: start runs, send events, read status, results and histories."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import nats.errors
+
+from . import _history as h
+from ._definition import get_job
+from ._errors import (
+    ConfigError,
+    InputError,
+    PayloadTooLarge,
+    RunAlreadyExists,
+    RunFailedError,
+    RunNotFound,
+)
+from ._log import ConnectOptions, FenceLost, Log, Names
+from ._replay import DEFAULT_MAX_PAYLOAD
+from ._status import RunStatus, summarize
+
+
+@dataclass(frozen=True)
+class RunHandle:
+    """A started run: ``id`` plus shortcuts to the client's per-run calls."""
+
+    id: str
+    client: Client
+
+    async def result(self, timeout: float | None = None) -> Any:
+        return await self.client.result(self.id, timeout=timeout)
+
+    async def status(self) -> RunStatus:
+        return await self.client.status(self.id)
+
+    async def send_event(self, type: str, payload: Any = None) -> None:
+        await self.client.send_event(self.id, type, payload)
+
+    async def cancel(self, reason: str | None = None) -> bool:
+        return await self.client.cancel(self.id, reason)
+
+
+class Client:
+    """Talks to runs through the log; any number of clients and runners may share it."""
+
+    def __init__(self, log: Log, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+        self.log = log
+        self.max_payload = max_payload
+
+    async def close(self) -> None:
+        await self.log.close()
+
+    async def start(self, job: str, input: Any = None, *, run_id: str | None = None) -> RunHandle:
+        """Start a run of ``job`` (create-once: a taken ``run_id`` raises ``RunAlreadyExists``).
+
+        The input is checked against the job's input type first: by the local
+        definition when this process has it, else by a runner that serves the
+        job. With no runner serving the job the run is queued until one does.
+        """
+        h.check_job_name(job)
+        run_id = h.check_run_id(run_id) if run_id is not None else uuid.uuid4().hex
+        body = h.Start(job=job, input=input)
+        self._check_size("input", body)
+        await self._validate(job, input)
+        try:
+            ack = await self.log.publish_input(
+                run_id, body, create_once=True, msg_id=f"start:{run_id}"
+            )
+        except FenceLost:
+            raise RunAlreadyExists(run_id) from None
+        if ack.duplicate:
+            raise RunAlreadyExists(run_id)
+        return RunHandle(run_id, self)
+
+    async def _validate(self, job: str, input: Any) -> None:
+        local = get_job(job)
+        if local is not None:
+            local.validate_input(input)
+            return
+        subject = f"{self.log.names.prefix}.api.validate.{job}"
+        try:
+            reply = await self.log.nc.request(subject, msgspec.json.encode(input), timeout=2.0)
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            return  # no runner serves the job yet: the run waits for one
+        answer = msgspec.json.decode(reply.data)
+        if isinstance(answer, dict) and answer.get("error"):
+            raise InputError(str(answer["error"]))
+
+    def _check_size(self, what: str, body: h.Body) -> None:
+        size = len(h.encode(body))
+        if size > self.max_payload:
+            raise PayloadTooLarge(
+                f"{what} is {size} bytes; the limit is {self.max_payload} bytes; "
+                "keep large data outside the run and pass a reference"
+            )
+
+    async def send_event(
+        self, run_id: str, type: str, payload: Any = None, *, event_id: str | None = None
+    ) -> None:
+        """Send an event to a run (``RunNotFound`` when it does not exist).
+
+        ``event_id`` makes the send idempotent within the stream's 2-minute
+        duplicate window.
+        """
+        h.check_run_id(run_id)
+        if not isinstance(type, str) or not type:
+            raise ConfigError("an event needs a non-empty type")
+        body = h.Event(type=type, payload=payload)
+        self._check_size("event payload", body)
+        if not await self.log.exists(run_id):
+            raise RunNotFound(run_id)
+        msg_id = f"event:{run_id}:{event_id}" if event_id is not None else None
+        await self.log.publish_input(run_id, body, msg_id=msg_id)
+
+    async def cancel(self, run_id: str, reason: str | None = None) -> bool:
+        """Ask a run to stop; False (and nothing sent) when it has already ended."""
+        status = await self.status(run_id)
+        if status.done:
+            return False
+        await self.log.publish_input(run_id, h.Cancel(reason=reason))
+        return True
+
+    async def status(self, run_id: str) -> RunStatus:
+        h.check_run_id(run_id)
+        status = summarize(run_id, await self.log.read(run_id))
+        if status is None:
+            raise RunNotFound(run_id)
+        return status
+
+    async def result(self, run_id: str, *, timeout: float | None = None) -> Any:
+        """Wait for the run to end; its output, or ``RunFailedError``."""
+        async with asyncio.timeout(timeout):
+            history = await self.log.read(h.check_run_id(run_id))
+            status = summarize(run_id, history)
+            if status is None:
+                raise RunNotFound(run_id)
+            if not status.done:
+                last = history[-1].seq if history else 0
+                async for msg in self.log.tail(self.log.names.journal(run_id), last + 1):
+                    if isinstance(msg.body, h.TERMINAL):
+                        history.append(msg)
+                        break
+                status = summarize(run_id, history)
+                assert status is not None
+        if status.status == "completed":
+            return status.output
+        error = status.error or h.ErrorInfo(type="Error", message=status.status)
+        raise RunFailedError(run_id, status.status, error.type, error.message)
+
+    async def history(self, run_id: str, *, follow: bool = False) -> AsyncIterator[h.Message]:
+        """The run's log in order; with ``follow``, keep yielding until the run ends."""
+        history = await self.log.read(h.check_run_id(run_id))
+        if not history:
+            raise RunNotFound(run_id)
+        for msg in history:
+            yield msg
+            if isinstance(msg.body, h.TERMINAL):
+                return
+        if follow:
+            async for msg in self.log.tail(self.log.names.run(run_id), history[-1].seq + 1):
+                yield msg
+                if isinstance(msg.body, h.TERMINAL):
+                    return
+
+
+@asynccontextmanager
+async def connect(
+    url: str | ConnectOptions = "nats://127.0.0.1:4222",
+    *,
+    names: Names | None = None,
+    **options: Any,
+) -> AsyncIterator[Client]:
+    """``async with jetlane.connect(url) as client``: a client (the stream is created if absent)."""
+    opts = url if isinstance(url, ConnectOptions) else ConnectOptions(url=url, **options)
+    log = await Log.open(opts, names)
+    client = Client(log)
+    try:
+        yield client
+    finally:
+        await client.close()

@@ -1,0 +1,124 @@
+"""Every error jetlane raises.
+
+The tree, split by what the caller does next::
+
+    JetlaneError                      root of everything jetlane raises
+    ├── ConfigError                   bad argument, duration, name or setting: fix the call
+    ├── DecodeError                   a wire message that does not decode: dead-lettered
+    ├── InputError                    a start whose input does not fit the job's input type
+    ├── PayloadTooLarge               a value over the size limit: never retried
+    ├── RunAlreadyExists              a second start with an id that is taken
+    ├── RunNotFound                   an event, cancel or read for a run that does not exist
+    ├── ConnectError                  the NATS server cannot be reached
+    ├── StreamMismatch                the stream exists with settings jetlane cannot use
+    ├── NonDeterminismError           the code issues other atoms than the history records
+    ├── RunFailedError                result() of a run that failed or was cancelled
+    └── StepError                     raised *inside* a handler
+        ├── StepFailed                a step.do whose attempts are exhausted
+        └── EventTimeout              a wait_for_event whose timeout passed first
+
+    NonRetryableError                 raised by user code in step.do: fail now, no retry
+
+Engine control flow (a run suspending, a replay that must stop) uses private
+``BaseException`` subclasses so that a handler's ``except Exception`` cannot
+swallow it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class JetlaneError(Exception):
+    """Root of every error jetlane raises."""
+
+
+class ConfigError(JetlaneError, ValueError):
+    """A bad argument, duration, name or setting."""
+
+
+class DecodeError(JetlaneError, ValueError):
+    """A wire message that does not decode into any known kind."""
+
+
+class InputError(JetlaneError, ValueError):
+    """A start input that does not convert to the job's input type."""
+
+
+class PayloadTooLarge(JetlaneError, ValueError):
+    """A step result, input, output or event payload over the size limit."""
+
+
+class RunAlreadyExists(JetlaneError):
+    """A start for a run id that already has a run."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id!r} already exists")
+        self.run_id = run_id
+
+
+class RunNotFound(JetlaneError, LookupError):
+    """An operation on a run id that has no run."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id!r} does not exist")
+        self.run_id = run_id
+
+
+class ConnectError(JetlaneError, ConnectionError):
+    """The NATS server cannot be reached or refused the connection."""
+
+
+class StreamMismatch(JetlaneError):
+    """The jetlane stream exists with settings jetlane cannot work with."""
+
+
+class NonDeterminismError(JetlaneError):
+    """The handler issued other atoms than the run's history records."""
+
+
+class RunFailedError(JetlaneError):
+    """The run ended failed or cancelled; ``type`` and ``message`` come from its log."""
+
+    def __init__(self, run_id: str, status: str, type: str, message: str) -> None:
+        super().__init__(f"run {run_id!r} {status}: {type}: {message}")
+        self.run_id = run_id
+        self.status = status
+        self.type = type
+        self.message = message
+
+
+class StepError(JetlaneError):
+    """Raised inside a handler by an atom."""
+
+
+class StepFailed(StepError):
+    """A ``step.do`` whose attempts are exhausted (or that failed non-retryably)."""
+
+    def __init__(self, step: str, attempts: int, type: str, message: str) -> None:
+        super().__init__(f"step {step!r} failed after {attempts} attempt(s): {type}: {message}")
+        self.step = step
+        self.attempts = attempts
+        self.type = type
+        self.message = message
+
+
+class EventTimeout(StepError, TimeoutError):
+    """A ``step.wait_for_event`` whose timeout passed before an event came."""
+
+    def __init__(self, step: str, type: str) -> None:
+        super().__init__(f"step {step!r} timed out waiting for an event of type {type!r}")
+        self.step = step
+        self.type = type
+
+
+class NonRetryableError(Exception):
+    """Raise from a step function to fail the step at once, without retries."""
+
+    def __init__(self, message: str = "", *args: Any) -> None:
+        super().__init__(message, *args)
+
+
+def describe(exc: BaseException) -> tuple[str, str]:
+    """The (type, message) pair a journal entry records for an exception."""
+    return type(exc).__name__, str(exc) or repr(exc)

@@ -1,0 +1,248 @@
+"""The wire protocol (v1): every message a run's log holds, as frozen msgspec Structs.
+
+The kind travels in the ``Jetlane-Kind`` header, not in the body, so that
+outside publishers send plain JSON bodies. Inputs arrive on
+``jetlane.run.<id>.in``; journal entries are written by runners on
+``jetlane.run.<id>.out``. New fields always get defaults so that old
+histories keep decoding; fields are never renamed.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final
+
+import msgspec
+
+from ._errors import ConfigError, DecodeError
+
+VERSION: Final = "1"
+KIND_HEADER: Final = "Jetlane-Kind"
+VERSION_HEADER: Final = "Jetlane-Version"
+RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+JOB_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+
+
+class _Wire(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    pass
+
+
+class ErrorInfo(_Wire, frozen=True):
+    type: str
+    message: str
+
+
+# -- inputs (.in) -------------------------------------------------------------
+
+
+class Start(_Wire, frozen=True):
+    job: str
+    input: Any = None
+
+
+class Event(_Wire, frozen=True):
+    type: str
+    payload: Any = None
+
+
+class Cancel(_Wire, frozen=True):
+    reason: str | None = None
+
+
+class Timer(_Wire, frozen=True):
+    """A fired message schedule (written by the server on a runner's behalf)."""
+
+    timer: str
+    step: str = ""
+    purpose: str = ""
+
+
+Input = Start | Event | Cancel | Timer
+
+# -- journal (.out) -----------------------------------------------------------
+
+
+class StepCompleted(_Wire, frozen=True):
+    step: str
+    attempt: int
+    result: Any
+    started_at: str
+    duration_ms: float
+
+
+class StepFailed(_Wire, frozen=True):
+    step: str
+    attempt: int
+    error: ErrorInfo
+    retry_at: str | None = None
+
+
+class TimerSet(_Wire, frozen=True):
+    step: str
+    timer: str
+    fire_at: str
+    purpose: str
+
+
+class SleepCompleted(_Wire, frozen=True):
+    step: str
+    input_seq: int | None = None
+
+
+class WaitStarted(_Wire, frozen=True):
+    step: str
+    type: str
+    timeout_at: str
+
+
+class EventReceived(_Wire, frozen=True):
+    step: str
+    type: str
+    input_seq: int
+
+
+class WaitTimedOut(_Wire, frozen=True):
+    step: str
+    type: str
+    input_seq: int | None = None
+
+
+class ValuesRecorded(_Wire, frozen=True):
+    values: list[Any]
+
+
+class RunBlocked(_Wire, frozen=True):
+    step: str
+    error: ErrorInfo
+
+
+class RunCompleted(_Wire, frozen=True):
+    output: Any = None
+
+
+class RunFailed(_Wire, frozen=True):
+    error: ErrorInfo
+
+
+class RunCancelled(_Wire, frozen=True):
+    reason: str | None = None
+    input_seq: int | None = None
+
+
+Journal = (
+    StepCompleted
+    | StepFailed
+    | TimerSet
+    | SleepCompleted
+    | WaitStarted
+    | EventReceived
+    | WaitTimedOut
+    | ValuesRecorded
+    | RunBlocked
+    | RunCompleted
+    | RunFailed
+    | RunCancelled
+)
+Body = Input | Journal
+
+INPUT_KINDS: Final[dict[str, type[Any]]] = {
+    "start": Start,
+    "event": Event,
+    "cancel": Cancel,
+    "timer": Timer,
+}
+JOURNAL_KINDS: Final[dict[str, type[Any]]] = {
+    "step_completed": StepCompleted,
+    "step_failed": StepFailed,
+    "timer_set": TimerSet,
+    "sleep_completed": SleepCompleted,
+    "wait_started": WaitStarted,
+    "event_received": EventReceived,
+    "wait_timed_out": WaitTimedOut,
+    "values_recorded": ValuesRecorded,
+    "run_blocked": RunBlocked,
+    "run_completed": RunCompleted,
+    "run_failed": RunFailed,
+    "run_cancelled": RunCancelled,
+}
+TERMINAL: Final = (RunCompleted, RunFailed, RunCancelled)
+KIND_OF: Final[dict[type[Any], str]] = {
+    t: k for kinds in (INPUT_KINDS, JOURNAL_KINDS) for k, t in kinds.items()
+}
+_DECODERS: Final[dict[str, msgspec.json.Decoder[Any]]] = {
+    k: msgspec.json.Decoder(t) for kinds in (INPUT_KINDS, JOURNAL_KINDS) for k, t in kinds.items()
+}
+_encoder = msgspec.json.Encoder()
+
+
+class Invalid(msgspec.Struct, frozen=True):
+    """Stands in for a stored message that does not decode (the engine skips it)."""
+
+    reason: str
+
+
+class Message(msgspec.Struct, frozen=True):
+    """One message of a run's history, as read back from the stream."""
+
+    seq: int
+    run_id: str
+    direction: str  # "in" or "out"
+    kind: str
+    body: Any
+    time: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The message as a JSON-ready dict (what ``history --json`` prints)."""
+        return {
+            "seq": self.seq,
+            "run_id": self.run_id,
+            "direction": self.direction,
+            "kind": self.kind,
+            "time": self.time,
+            "body": msgspec.to_builtins(self.body),
+        }
+
+
+def kind_of(body: Body) -> str:
+    return KIND_OF[type(body)]
+
+
+def encode(body: Body) -> bytes:
+    return _encoder.encode(body)
+
+
+def decode(kind: str | None, data: bytes, *, direction: str | None = None) -> Body:
+    """Decode one body; any failure is a ``DecodeError`` that says why."""
+    if kind is None:
+        raise DecodeError("missing Jetlane-Kind header")
+    table = {"in": INPUT_KINDS, "out": JOURNAL_KINDS}.get(direction or "")
+    if table is not None and kind not in table:
+        raise DecodeError(f"kind {kind!r} is not allowed on .{direction}")
+    decoder = _DECODERS.get(kind)
+    if decoder is None:
+        raise DecodeError(f"unknown kind {kind!r}")
+    try:
+        body: Body = decoder.decode(data)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise DecodeError(f"bad {kind} body: {exc}") from None
+    if isinstance(body, Event) and not body.type:
+        raise DecodeError("event type is empty")
+    if isinstance(body, Start) and not JOB_NAME.fullmatch(body.job):
+        raise DecodeError(f"start names an invalid job {body.job[:64]!r}")
+    return body
+
+
+def check_run_id(run_id: str) -> str:
+    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
+        raise ConfigError(
+            f"run id {str(run_id)[:64]!r} is invalid: use 1-128 characters of A-Z a-z 0-9 _ -"
+        )
+    return run_id
+
+
+def check_job_name(name: str) -> str:
+    if not isinstance(name, str) or not JOB_NAME.fullmatch(name):
+        raise ConfigError(
+            f"job name {str(name)[:64]!r} is invalid: use 1-128 of A-Z a-z 0-9 _ . : -"
+        )
+    return name

@@ -1,0 +1,564 @@
+"""The log: the only module that talks to NATS JetStream.
+
+Design note. One stream holds every run (subjects, not streams, per entity:
+each stream is a raft group). Reads use *batch direct get* on a multiplexed
+inbox, one request per 1,000 messages, rather than a consumer per read or a
+request per message. Journal appends are fenced with
+``Nats-Expected-Last-Subject-Sequence`` on the run's ``.out`` subject. Run
+leases are one message per run on a small memory stream whose ``max_age`` is
+the lease TTL: acquire = publish with expected-last-sequence 0, renew =
+publish fenced on our own sequence, release = purge the subject up to our
+sequence (so a release never removes a successor's lease). A KV bucket was
+rejected for leases: its create over a delete marker costs three round trips.
+nats-py errors are translated to jetlane errors here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import re
+import ssl
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+import msgspec
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from . import _history as h
+from ._durations import format_time
+from ._errors import ConfigError, ConnectError, DecodeError, JetlaneError, StreamMismatch
+
+BATCH: Final = 1000
+WRONG_LAST_SEQUENCE: Final = 10071
+_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+
+class FenceLost(JetlaneError):
+    """Another runner appended to the run's journal first."""
+
+
+class _Ack(msgspec.Struct):
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+    error: dict[str, Any] | None = None
+
+
+_ack_decoder = msgspec.json.Decoder(_Ack)
+
+
+@dataclass(frozen=True)
+class Names:
+    """Subjects and resource names; ``prefix`` and ``stream`` are configurable."""
+
+    prefix: str = "jetlane"
+    stream: str = "JETLANE"
+
+    def __post_init__(self) -> None:
+        if not _PREFIX.fullmatch(self.prefix) or not _PREFIX.fullmatch(self.stream):
+            raise ConfigError("prefix and stream names must be 1-32 of A-Z a-z 0-9 _ -")
+
+    def inbox(self, run_id: str) -> str:
+        return f"{self.prefix}.run.{run_id}.in"
+
+    def journal(self, run_id: str) -> str:
+        return f"{self.prefix}.run.{run_id}.out"
+
+    def run(self, run_id: str) -> str:
+        return f"{self.prefix}.run.{run_id}.>"
+
+    def timer(self, run_id: str, token: str) -> str:
+        return f"{self.prefix}.timer.{run_id}.{token}"
+
+    def dead_letter(self, run_id: str) -> str:
+        return f"{self.prefix}.dlq.{run_id}"
+
+    def lease(self, run_id: str) -> str:
+        return f"{self.prefix}.lease.{run_id}"
+
+    @property
+    def all_inboxes(self) -> str:
+        return f"{self.prefix}.run.*.in"
+
+    @property
+    def all_runs(self) -> str:
+        return f"{self.prefix}.run.>"
+
+    @property
+    def subjects(self) -> list[str]:
+        return [f"{self.prefix}.run.>", f"{self.prefix}.timer.>", f"{self.prefix}.dlq.>"]
+
+    @property
+    def lease_stream(self) -> str:
+        return f"{self.stream}_LEASES"
+
+    @property
+    def consumer(self) -> str:
+        return f"{self.prefix}-runners"
+
+    def parse(self, subject: str) -> tuple[str, str] | None:
+        """(run id, direction) of a stored run subject, or None."""
+        parts = subject.split(".")
+        if len(parts) < 4 or parts[0] != self.prefix or parts[1] != "run":
+            return None
+        return parts[2], parts[3]
+
+
+@dataclass(frozen=True)
+class ConnectOptions:
+    """How to reach and authenticate to NATS (all optional but the URL)."""
+
+    url: str = "nats://127.0.0.1:4222"
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    creds: str | None = None
+    nkey_seed: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    name: str = "jetlane"
+    reconnect: bool = True
+    connect_timeout: float = 5.0
+
+
+async def connect_nats(options: ConnectOptions) -> NATS:
+    kwargs: dict[str, Any] = {
+        "servers": [u.strip() for u in options.url.split(",") if u.strip()],
+        "name": options.name,
+        "connect_timeout": options.connect_timeout,
+        "allow_reconnect": options.reconnect,
+        "max_reconnect_attempts": -1 if options.reconnect else 0,
+        "reconnect_time_wait": 0.25,
+        "error_cb": _quiet,
+        "disconnected_cb": _quiet_cb,
+        "reconnected_cb": _quiet_cb,
+    }
+    if options.user is not None:
+        kwargs["user"], kwargs["password"] = options.user, options.password
+    if options.token is not None:
+        kwargs["token"] = options.token
+    if options.creds is not None:
+        kwargs["user_credentials"] = options.creds
+    if options.nkey_seed is not None:
+        kwargs["nkeys_seed"] = options.nkey_seed
+    if options.tls_ca or options.tls_cert or options.url.startswith("tls://"):
+        context = ssl.create_default_context(cafile=options.tls_ca)
+        if options.tls_cert:
+            context.load_cert_chain(options.tls_cert, options.tls_key)
+        kwargs["tls"] = context
+    try:
+        return await nats.connect(**kwargs)
+    except (TimeoutError, OSError, nats.errors.Error, ssl.SSLError) as exc:
+        reason = str(exc) or type(exc).__name__
+        raise ConnectError(f"cannot connect to NATS at {options.url}: {reason}") from exc
+
+
+async def _quiet(exc: Exception) -> None:
+    return None
+
+
+async def _quiet_cb() -> None:
+    return None
+
+
+def _ack(data: bytes) -> _Ack:
+    ack = _ack_decoder.decode(data)
+    if ack.error is not None:
+        err_code = int(ack.error.get("err_code", 0))
+        description = str(ack.error.get("description", "error"))
+        if err_code == WRONG_LAST_SEQUENCE:
+            raise FenceLost(description)
+        raise JetlaneError(f"JetStream refused the message: {description} ({err_code})")
+    return ack
+
+
+@dataclass
+class _Read:
+    messages: list[Msg] = field(default_factory=list)
+    done: asyncio.Future[Msg] | None = None
+
+
+class Log:
+    """A run log over one JetStream stream."""
+
+    def __init__(self, nc: NATS, names: Names | None = None, *, timeout: float = 5.0) -> None:
+        self.nc = nc
+        self.js = nc.jetstream(timeout=timeout)
+        self.names = names or Names()
+        self.timeout = timeout
+        self._reads: dict[str, _Read] = {}
+        self._read_prefix = ""
+        self._read_ids = itertools.count()
+        self._read_sub: Any = None
+        self._direct = f"$JS.API.DIRECT.GET.{self.names.stream}"
+        self.lease_ttl = 30.0
+
+    @classmethod
+    async def open(
+        cls,
+        options: ConnectOptions,
+        names: Names | None = None,
+        *,
+        setup: bool = True,
+        replicas: int = 1,
+        lease_ttl: float = 30.0,
+    ) -> Log:
+        nc = await connect_nats(options)
+        log = cls(nc, names)
+        if setup:
+            try:
+                await log.ensure_stream(replicas=replicas, lease_ttl=lease_ttl)
+            except BaseException:
+                await nc.close()
+                raise
+        return log
+
+    async def close(self) -> None:
+        if not self.nc.is_closed:
+            try:
+                await self.nc.drain()
+            except Exception:
+                await self.nc.close()
+
+    # -- set-up ---------------------------------------------------------------
+
+    async def ensure_stream(
+        self, *, replicas: int = 1, lease_ttl: float = 30.0, wait: float = 10.0
+    ) -> None:
+        """Create the stream (and the lease stream) or check that it fits."""
+        wanted = StreamConfig(
+            name=self.names.stream,
+            subjects=self.names.subjects,
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.OLD,
+            num_replicas=replicas,
+            duplicate_window=120.0,
+            allow_direct=True,
+            allow_msg_schedules=True,
+        )
+        info = await self._retry(lambda: self._stream_info(self.names.stream), wait)
+        if info is None:
+            try:
+                await self._retry(lambda: self.js.add_stream(wanted), wait)
+            except nats.js.errors.BadRequestError:
+                info = await self._stream_info(self.names.stream)
+                if info is None:
+                    raise
+        if info is not None:
+            self._check(info.config)
+        lease_info = await self._stream_info(self.names.lease_stream)
+        if lease_info is not None:
+            self.lease_ttl = lease_info.config.max_age or lease_ttl
+        else:
+            self.lease_ttl = lease_ttl
+            with contextlib.suppress(nats.js.errors.BadRequestError):  # a concurrent runner
+                await self.js.add_stream(
+                    StreamConfig(
+                        name=self.names.lease_stream,
+                        subjects=[f"{self.names.prefix}.lease.*"],
+                        storage=StorageType.MEMORY,
+                        num_replicas=replicas,
+                        max_age=lease_ttl,
+                        max_msgs_per_subject=1,
+                        discard=DiscardPolicy.OLD,
+                        allow_direct=True,
+                    )
+                )
+
+    async def _stream_info(self, name: str) -> Any:
+        try:
+            return await self.js.stream_info(name)
+        except nats.js.errors.NotFoundError:
+            return None
+
+    async def _retry(self, op: Callable[[], Any], wait: float) -> Any:
+        # JetStream answers 503 for a moment after a server (re)starts.
+        deadline = asyncio.get_running_loop().time() + wait
+        while True:
+            try:
+                return await op()
+            except (nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError):
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+
+    def _check(self, config: StreamConfig) -> None:
+        problems = []
+        subjects = set(config.subjects or [])
+        for subject in self.names.subjects:
+            if subject not in subjects:
+                problems.append(f"subjects lack {subject!r}")
+        if not config.allow_direct:
+            problems.append("allow_direct is off (needed for fast history reads)")
+        if not config.allow_msg_schedules:
+            problems.append("allow_msg_schedules is off (needed for durable timers)")
+        if config.retention not in (None, RetentionPolicy.LIMITS):
+            problems.append(f"retention is {config.retention} (must be limits: a log)")
+        if config.max_msgs_per_subject not in (None, -1, 0):
+            problems.append("max_msgs_per_subject is limited (a run's history would be cut)")
+        if problems:
+            raise StreamMismatch(
+                f"stream {self.names.stream!r} exists with settings jetlane cannot use: "
+                + "; ".join(problems)
+                + ". Fix it with `nats stream edit` or use another stream name."
+            )
+
+    async def runner_consumer(self, *, ack_wait: float, max_ack_pending: int) -> Any:
+        """The runner pool's shared durable pull consumer on every run's inbox."""
+        config = ConsumerConfig(
+            durable_name=self.names.consumer,
+            filter_subject=self.names.all_inboxes,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=ack_wait,
+            max_deliver=-1,
+            max_ack_pending=max_ack_pending,
+        )
+        await self._retry(lambda: self.js.add_consumer(self.names.stream, config), 10.0)
+        return await self.js.pull_subscribe_bind(
+            durable=self.names.consumer, stream=self.names.stream
+        )
+
+    # -- writing --------------------------------------------------------------
+
+    async def _publish(self, subject: str, data: bytes, headers: dict[str, str]) -> _Ack:
+        try:
+            reply = await self.nc.request(subject, data, timeout=self.timeout, headers=headers)
+        except nats.errors.NoRespondersError as exc:
+            raise JetlaneError(f"no JetStream stream answers on {subject}") from exc
+        except nats.errors.TimeoutError as exc:
+            raise JetlaneError(f"JetStream did not acknowledge {subject} in time") from exc
+        return _ack(reply.data)
+
+    async def publish_input(
+        self,
+        run_id: str,
+        body: h.Input,
+        *,
+        create_once: bool = False,
+        msg_id: str | None = None,
+    ) -> _Ack:
+        headers = {h.KIND_HEADER: h.kind_of(body), h.VERSION_HEADER: h.VERSION}
+        if create_once:
+            headers["Nats-Expected-Last-Subject-Sequence"] = "0"
+        if msg_id is not None:
+            headers["Nats-Msg-Id"] = msg_id
+        return await self._publish(self.names.inbox(run_id), h.encode(body), headers)
+
+    async def append(self, run_id: str, body: h.Journal, expected: int) -> int:
+        """Append a journal entry, fenced on the journal's last sequence; ``FenceLost`` if stale."""
+        headers = {
+            h.KIND_HEADER: h.kind_of(body),
+            h.VERSION_HEADER: h.VERSION,
+            "Nats-Expected-Last-Subject-Sequence": str(expected),
+        }
+        return (await self._publish(self.names.journal(run_id), h.encode(body), headers)).seq
+
+    async def schedule(self, run_id: str, token: str, fire_at: datetime, body: h.Timer) -> None:
+        """A durable timer: the server publishes ``body`` to the run's inbox at ``fire_at``."""
+        headers = {
+            h.KIND_HEADER: "timer",
+            h.VERSION_HEADER: h.VERSION,
+            "Nats-Schedule": f"@at {format_time(fire_at)}",
+            "Nats-Schedule-Target": self.names.inbox(run_id),
+        }
+        await self._publish(self.names.timer(run_id, token), h.encode(body), headers)
+
+    async def unschedule(self, run_id: str, token: str) -> None:
+        subject = self.names.timer(run_id, ">" if token == "*" else token)
+        await self._purge(self.names.stream, subject)
+
+    async def _purge(self, stream: str, subject: str, below: int | None = None) -> None:
+        request: dict[str, Any] = {"filter": subject}
+        if below is not None:
+            request["seq"] = below
+        reply = await self.nc.request(
+            f"$JS.API.STREAM.PURGE.{stream}", msgspec.json.encode(request), timeout=self.timeout
+        )
+        answer = msgspec.json.decode(reply.data)
+        if "error" in answer:
+            raise JetlaneError(f"purge of {subject} failed: {answer['error']}")
+
+    async def dead_letter(
+        self, run_id: str, seq: int, subject: str, reason: str, data: bytes
+    ) -> None:
+        """Record a message that cannot be used, with why, next to the original (kept)."""
+        record = {
+            "reason": reason,
+            "seq": seq,
+            "subject": subject,
+            "data": data[:1024].decode("utf-8", "replace"),
+        }
+        safe = run_id if h.RUN_ID.fullmatch(run_id) else "_invalid"
+        await self._publish(
+            self.names.dead_letter(safe),
+            msgspec.json.encode(record),
+            {h.KIND_HEADER: "dead_letter", h.VERSION_HEADER: h.VERSION},
+        )
+
+    # -- leases ---------------------------------------------------------------
+
+    async def acquire(self, run_id: str, holder: str) -> int | None:
+        """Take the run's lease; its sequence, or None when someone else holds it."""
+        try:
+            return (await self._lease_publish(run_id, holder, 0)).seq
+        except FenceLost:
+            return None
+
+    async def renew(self, run_id: str, holder: str, seq: int) -> int:
+        """Extend our lease (``FenceLost`` when it expired and was taken)."""
+        return (await self._lease_publish(run_id, holder, seq)).seq
+
+    async def release(self, run_id: str, seq: int) -> None:
+        await self._purge(self.names.lease_stream, self.names.lease(run_id), below=seq + 1)
+
+    async def _lease_publish(self, run_id: str, holder: str, expected: int) -> _Ack:
+        headers = {"Nats-Expected-Last-Subject-Sequence": str(expected)}
+        return await self._publish(self.names.lease(run_id), holder.encode(), headers)
+
+    # -- reading --------------------------------------------------------------
+
+    async def exists(self, run_id: str) -> bool:
+        """Whether the run has a start (a message on its inbox)."""
+        reply = await self.nc.request(
+            self._direct,
+            msgspec.json.encode({"last_by_subj": self.names.inbox(run_id)}),
+            timeout=self.timeout,
+        )
+        status = (reply.headers or {}).get("Status")
+        return status is None
+
+    async def read(self, run_id: str, after: int = 0) -> list[h.Message]:
+        """The run's history after sequence ``after``, in stream order."""
+        out: list[h.Message] = []
+        async for raw in self._direct_batches(self.names.run(run_id), after + 1):
+            out.append(self.decode(raw))
+        return out
+
+    async def read_raw(self, subject: str, start: int = 1) -> AsyncIterator[Msg]:
+        async for raw in self._direct_batches(subject, start):
+            yield raw
+
+    async def _direct_batches(self, subject: str, start: int) -> AsyncIterator[Msg]:
+        await self._ensure_reader()
+        seq = start
+        while True:
+            token = str(next(self._read_ids))
+            pending = _Read(done=asyncio.get_running_loop().create_future())
+            self._reads[token] = pending
+            try:
+                request = {"seq": seq, "batch": BATCH, "next_by_subj": subject}
+                await self.nc.publish(
+                    self._direct,
+                    msgspec.json.encode(request),
+                    reply=f"{self._read_prefix}.{token}",
+                )
+                assert pending.done is not None
+                end = await asyncio.wait_for(pending.done, self.timeout)
+            finally:
+                self._reads.pop(token, None)
+            for raw in pending.messages:
+                yield raw
+            headers = end.headers or {}
+            if headers.get("Status") != "204" or not pending.messages:
+                return
+            if int(headers.get("Nats-Num-Pending", "0")) == 0:
+                return
+            seq = int(headers.get("Nats-Last-Sequence", "0")) + 1
+
+    async def _ensure_reader(self) -> None:
+        if self._read_sub is None:
+            self._read_prefix = self.nc.new_inbox()
+            self._read_sub = await self.nc.subscribe(f"{self._read_prefix}.*", cb=self._on_read)
+
+    async def _on_read(self, msg: Msg) -> None:
+        pending = self._reads.get(msg.subject.rsplit(".", 1)[-1])
+        if pending is None or pending.done is None or pending.done.done():
+            return
+        if msg.headers and "Status" in msg.headers:
+            pending.done.set_result(msg)
+        else:
+            pending.messages.append(msg)
+
+    def decode(self, raw: Msg) -> h.Message:
+        """A stored message as a history ``Message``; undecodable bodies become kind ``invalid``."""
+        headers = raw.headers or {}
+        subject = headers.get("Nats-Subject", raw.subject)
+        seq = int(headers.get("Nats-Sequence", "0"))
+        parsed = self.names.parse(subject)
+        run_id, direction = parsed if parsed is not None else ("", "")
+        kind = headers.get(h.KIND_HEADER)
+        try:
+            body: Any = h.decode(kind, raw.data, direction=direction)
+        except DecodeError as exc:
+            body, kind = h.Invalid(reason=str(exc)), "invalid"
+        return h.Message(
+            seq=seq,
+            run_id=run_id,
+            direction=direction,
+            kind=kind or "invalid",
+            body=body,
+            time=headers.get("Nats-Time-Stamp", ""),
+        )
+
+    async def tail(self, subject: str, start: int) -> AsyncIterator[h.Message]:
+        """Follow ``subject`` from ``start`` (ordered consumer: fired timers included)."""
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(start, 1)
+        )
+        sub = await self.js.subscribe(
+            subject,
+            stream=self.names.stream,
+            ordered_consumer=True,
+            config=config,
+            idle_heartbeat=2.0,
+        )
+        try:
+            while True:
+                try:
+                    raw = await sub.next_msg(timeout=None)
+                except nats.errors.TimeoutError:
+                    continue
+                yield self.decode_delivered(raw)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    def decode_delivered(self, raw: Msg) -> h.Message:
+        """A message delivered by a consumer, as a history ``Message``."""
+        meta = raw.metadata
+        parsed = self.names.parse(raw.subject)
+        run_id, direction = parsed if parsed is not None else ("", "")
+        kind = (raw.headers or {}).get(h.KIND_HEADER)
+        try:
+            body: Any = h.decode(kind, raw.data, direction=direction)
+        except DecodeError as exc:
+            body, kind = h.Invalid(reason=str(exc)), "invalid"
+        stamp = meta.timestamp
+        return h.Message(
+            seq=meta.sequence.stream,
+            run_id=run_id,
+            direction=direction,
+            kind=kind or "invalid",
+            body=body,
+            time=format_time(stamp) if stamp is not None else "",
+        )

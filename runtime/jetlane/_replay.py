@@ -1,0 +1,641 @@
+"""The pure core: a run's history plus its job's handler give the next decision.
+
+Design note. The handler is an ordinary coroutine run as an asyncio task on
+the normal event loop (no sandbox, no home-made loop). Each step atom asks
+this core what happened at its position in the history: a recorded outcome
+is returned at once; at the *frontier* (no recorded outcome) the atom hands
+a decision to the driver (``Execute`` a step function, ``Park`` on timers and
+inputs, ``Finished``, ``Blocked``) and waits for the driver's reply. The core
+never does I/O: it appends the journal entries it decides on to ``outbox``,
+and the driver writes them (fenced) before it acts on the decision. Clock and
+entropy are injected, so a test drives the core with a list of messages.
+
+Because the handler task stays suspended at the frontier, a driver that
+holds the run can ingest new inputs and call ``next`` again: it continues
+where it stopped, with no replay (the cached-run fast path). A fresh core
+fed the whole history reaches the same point by replay.
+
+Matching is positional: the k-th atom the handler calls must be the k-th
+step the journal records (same step id, same atom). Anything else is
+non-determinism: the run is *blocked*, never failed, until compatible code
+is deployed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hashlib
+import os
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+import structlog
+
+from . import _history as h
+from ._definition import DEFAULT_RETRY, Job, RetryPolicy
+from ._durations import format_time, parse_time
+from ._errors import (
+    ConfigError,
+    EventTimeout,
+    InputError,
+    NonRetryableError,
+    PayloadTooLarge,
+    StepFailed,
+    describe,
+)
+
+DEFAULT_MAX_PAYLOAD = 1024 * 1024 - 16 * 1024
+current: contextvars.ContextVar[Replay] = contextvars.ContextVar("jetlane_replay")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def timer_token(step: str, purpose: str, attempt: int) -> str:
+    """A subject-safe token for a step's timer: the same on every runner and replay."""
+    digest = hashlib.blake2b(step.encode(), digest_size=8).hexdigest()
+    return f"{purpose}-{attempt}-{digest}"
+
+
+# -- decisions ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Execute:
+    """Run attempt ``attempt`` of step ``step`` and reply with an ``Outcome``."""
+
+    step: str
+    attempt: int
+    fn: Callable[[], Any]
+    timeout: float | None
+
+
+@dataclass(frozen=True)
+class TimerSpec:
+    token: str
+    fire_at: datetime
+    body: h.Timer
+    rearm: bool = False
+
+
+@dataclass(frozen=True)
+class Park:
+    """Nothing to do until an input arrives; ``timers`` are what the run waits on."""
+
+    step: str
+    timers: tuple[TimerSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The run reached a terminal entry (already in the outbox)."""
+
+    entry: h.RunCompleted | h.RunFailed | h.RunCancelled
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """The code does not match the history; retry once other code is deployed."""
+
+    step: str
+    error: h.ErrorInfo
+
+
+Decision = Execute | Park | Finished | Blocked
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The driver's reply to ``Execute``."""
+
+    started_at: datetime
+    duration_ms: float
+    result: Any = None
+    error: BaseException | None = None
+
+
+# -- outbox ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Append:
+    body: h.Journal
+
+
+@dataclass(frozen=True)
+class Schedule:
+    token: str
+    fire_at: datetime
+    body: h.Timer
+
+
+@dataclass(frozen=True)
+class Unschedule:
+    token: str  # "*" means every timer of the run
+
+
+Effect = Append | Schedule | Unschedule
+
+
+class _Blocked(BaseException):
+    """Engine control flow: unwinds the handler when replay diverges."""
+
+    def __init__(self, step: str, message: str) -> None:
+        super().__init__(message)
+        self.step = step
+        self.message = message
+
+
+def _atom_of(body: Any) -> str | None:
+    if isinstance(body, h.StepCompleted | h.StepFailed):
+        return "do"
+    if isinstance(body, h.TimerSet):
+        return {"retry": "do", "sleep": "sleep", "wait_timeout": "wait"}.get(body.purpose)
+    if isinstance(body, h.SleepCompleted):
+        return "sleep"
+    if isinstance(body, h.WaitStarted | h.EventReceived | h.WaitTimedOut):
+        return "wait"
+    return None
+
+
+_ATOM_CALL = {"do": "step.do", "sleep": "step.sleep", "wait": "step.wait_for_event"}
+
+
+@dataclass
+class _Step:
+    atom: str
+    entries: list[Any] = field(default_factory=list)
+
+
+class Replay:
+    """One run's replayed state and its handler, suspended at the frontier."""
+
+    def __init__(
+        self,
+        job: Job,
+        run_id: str,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        entropy: Callable[[int], bytes] = os.urandom,
+        plugins: Any = None,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+    ) -> None:
+        from ._context import Context
+
+        self.job = job
+        self.run_id = run_id
+        self.clock = clock
+        self.entropy = entropy
+        self.max_payload = max_payload
+        self.outbox: list[Effect] = []
+        self.last_seq = 0
+        self.out_seq = 0
+        self.start: h.Start | None = None
+        self.start_seq = 0
+        self.terminal: h.RunCompleted | h.RunFailed | h.RunCancelled | None = None
+        self.last_entry: Any = None
+        self.current_step: str | None = None
+        self._order: list[str] = []
+        self._steps: dict[str, _Step] = {}
+        self._values: list[Any] = []
+        self._value_pos = 0
+        self._new_values: list[Any] = []
+        self._events: list[tuple[int, h.Event]] = []
+        self._event_at: dict[int, h.Event] = {}
+        self._consumed: set[int] = set()
+        self._timers: dict[str, int] = {}
+        self._cancel: tuple[int, h.Cancel] | None = None
+        self._armed: set[str] = set()
+        self._occurrences: dict[str, int] = {}
+        self._atoms = 0
+        self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Future[Decision] | None = None
+        self._reply: asyncio.Future[Any] | None = None
+        self._deadline: float | None = None
+        self.log = structlog.get_logger("jetlane.run").bind(run_id=run_id, job=job.name)
+        self.context = Context(self, plugins)
+
+    # -- feeding the history ---------------------------------------------------
+
+    def ingest(self, msg: h.Message) -> None:
+        """Apply one message of the run's history (in stream order; duplicates ignored)."""
+        if msg.direction == "out":
+            if msg.seq <= self.out_seq:
+                return
+            self.out_seq = msg.seq
+            self._apply(msg.body)
+        elif msg.seq > self.last_seq:
+            body = msg.body
+            if isinstance(body, h.Start):
+                if self.start is None:
+                    self.start, self.start_seq = body, msg.seq
+            elif isinstance(body, h.Event):
+                self._events.append((msg.seq, body))
+                self._event_at[msg.seq] = body
+            elif isinstance(body, h.Timer):
+                self._timers.setdefault(body.timer, msg.seq)
+            elif isinstance(body, h.Cancel) and self._cancel is None:
+                self._cancel = (msg.seq, body)
+        self.last_seq = max(self.last_seq, msg.seq)
+
+    def appended(self, seq: int) -> None:
+        """The driver wrote the next outbox entry; it now sits at ``seq``."""
+        self.out_seq = seq
+
+    def _apply(self, body: Any) -> None:
+        self.last_entry = body
+        atom = _atom_of(body)
+        if atom is not None:
+            step = self._steps.get(body.step)
+            if step is None:
+                step = self._steps[body.step] = _Step(atom)
+                self._order.append(body.step)
+            step.entries.append(body)
+            if isinstance(body, h.EventReceived | h.WaitTimedOut) and body.input_seq is not None:
+                self._consumed.add(body.input_seq)
+        elif isinstance(body, h.ValuesRecorded):
+            self._values.extend(body.values)
+        elif isinstance(body, h.RunCompleted | h.RunFailed | h.RunCancelled):
+            self.terminal = body
+
+    def _emit(self, body: h.Journal) -> None:
+        if self._new_values:
+            values = h.ValuesRecorded(values=self._new_values)
+            self._new_values = []
+            self._apply(values)
+            self.outbox.append(Append(values))
+        self._apply(body)
+        self.outbox.append(Append(body))
+
+    def _schedule(self, step: str, purpose: str, attempt: int, fire_at: datetime) -> str:
+        token = timer_token(step, purpose, attempt)
+        self._armed.add(token)
+        self.outbox.append(Schedule(token, fire_at, h.Timer(token, step, purpose)))
+        return token
+
+    # -- driving the handler ---------------------------------------------------
+
+    @property
+    def cancel_pending(self) -> bool:
+        return self._cancel is not None and self.terminal is None
+
+    async def next(self, reply: Any = None) -> Decision:
+        """Resume the handler (answering the last decision) until its next decision."""
+        if self.terminal is not None:
+            return Finished(self.terminal)
+        if self._cancel is not None:
+            return self._cancel_now(*self._cancel)
+        loop = asyncio.get_running_loop()
+        wake: asyncio.Future[Decision] = loop.create_future()
+        self._wake = wake
+        if self._task is None:
+            if self.start is None:
+                raise RuntimeError(f"run {self.run_id} has no start message")
+            try:
+                value = self.job.convert_input(self.start.input)
+            except InputError as exc:
+                return self._finish(h.RunFailed(error=_info(exc)))
+            ctx = contextvars.copy_context()
+            ctx.run(current.set, self)
+            self._deadline = loop.time() + self.job.timeout
+            self._task = loop.create_task(self._main(value), context=ctx)
+        elif self._reply is not None:
+            pending, self._reply = self._reply, None
+            pending.set_result(reply)
+        else:
+            raise RuntimeError("next() called with no decision outstanding")
+        if self._atoms == 0 and self._deadline is not None:
+            # Function lane: until the first atom, the whole handler is one timed call.
+            try:
+                async with asyncio.timeout_at(self._deadline):
+                    return await asyncio.shield(wake)
+            except TimeoutError:
+                if wake.done():
+                    return wake.result()
+                self.close()
+                return self._finish(
+                    h.RunFailed(
+                        error=h.ErrorInfo(
+                            type="FunctionTimeout",
+                            message=(
+                                f"job {self.job.name!r} ran {self.job.timeout:g}s without "
+                                "calling a step atom; split long work into step.do(...) calls "
+                                "(each checkpointed, retried and timed on its own) or raise "
+                                "the limit with @job(..., timeout=...)"
+                            ),
+                        )
+                    )
+                )
+        return await wake
+
+    def close(self) -> None:
+        """Drop the suspended handler (eviction, cancel, fence lost)."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    async def _main(self, value: Any) -> None:
+        handler = self.job.handler
+        try:
+            if self.job.takes_input:
+                output = await handler(self.context, value)
+            else:
+                output = await handler(self.context)
+        except _Blocked as blocked:
+            self._wake_with(self._block(blocked.step, blocked.message))
+            return
+        except Exception as exc:
+            self._wake_with(self._finish(h.RunFailed(error=_info(exc))))
+            return
+        if self._atoms < len(self._order):
+            step = self._order[self._atoms]
+            self._wake_with(
+                self._block(
+                    step,
+                    f"the handler returned, but the history records "
+                    f"{_ATOM_CALL[self._steps[step].atom]}({_base(step)!r}) as step "
+                    f"#{self._atoms + 1} ({step!r})" + _ADVICE,
+                )
+            )
+            return
+        try:
+            raw = msgspec.json.encode(output)
+        except (TypeError, ValueError) as exc:
+            info = h.ErrorInfo(type="OutputError", message=f"cannot record the output: {exc}")
+            self._wake_with(self._finish(h.RunFailed(error=info)))
+            return
+        if len(raw) > self.max_payload:
+            info = _info(PayloadTooLarge(f"output is {len(raw)} bytes; {self._limit_text()}"))
+            self._wake_with(self._finish(h.RunFailed(error=info)))
+            return
+        self._wake_with(self._finish(h.RunCompleted(output=msgspec.Raw(raw))))
+
+    def _wake_with(self, decision: Decision) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(decision)
+
+    async def _request(self, decision: Decision) -> Any:
+        if self._reply is not None or self._wake is None or self._wake.done():
+            raise ConfigError(
+                "step atoms must be awaited one at a time from the handler "
+                "(no gather/create_task around atoms, no atoms inside step functions)"
+            )
+        self._reply = asyncio.get_running_loop().create_future()
+        self._wake.set_result(decision)
+        return await self._reply
+
+    def _finish(self, entry: h.RunCompleted | h.RunFailed | h.RunCancelled) -> Finished:
+        self._emit(entry)
+        self.outbox.append(Unschedule("*"))
+        return Finished(entry)
+
+    def _cancel_now(self, seq: int, cancel: h.Cancel) -> Finished:
+        self.close()
+        return self._finish(h.RunCancelled(reason=cancel.reason, input_seq=seq))
+
+    def _block(self, step: str, message: str) -> Blocked:
+        info = h.ErrorInfo(type="NonDeterminismError", message=message)
+        entry = h.RunBlocked(step=step, error=info)
+        if self.last_entry != entry:
+            self._emit(entry)
+        return Blocked(step, info)
+
+    def _limit_text(self) -> str:
+        return (
+            f"the limit is {self.max_payload} bytes; keep large data outside the run "
+            "and pass a reference"
+        )
+
+    # -- what the atoms call ---------------------------------------------------
+
+    def enter(self, name: str, atom: str) -> str:
+        """The step id of the next atom; blocks the run when it diverges from history."""
+        if not isinstance(name, str) or not name or "#" in name or len(name) > 256:
+            raise ConfigError(f"step name {name!r} is invalid: 1-256 characters, no '#'")
+        count = self._occurrences.get(name, 0) + 1
+        self._occurrences[name] = count
+        step = name if count == 1 else f"{name}#{count}"
+        index = self._atoms
+        self._atoms += 1
+        if index < len(self._order):
+            recorded = self._order[index]
+            rec_atom = self._steps[recorded].atom
+            if (recorded, rec_atom) != (step, atom):
+                raise _Blocked(
+                    step,
+                    f"step #{index + 1} is recorded as {_ATOM_CALL[rec_atom]}"
+                    f"({_base(recorded)!r}) (step id {recorded!r}), but the code now calls "
+                    f"{_ATOM_CALL[atom]}({name!r}) (step id {step!r})" + _ADVICE,
+                )
+        self.current_step = step
+        return step
+
+    def value(self, make: Callable[[], Any]) -> Any:
+        """A recorded value (``ctx.now/uuid/random``): made once, replayed after."""
+        if self._value_pos < len(self._values):
+            result = self._values[self._value_pos]
+        else:
+            result = make()
+            self._new_values.append(result)
+        self._value_pos += 1
+        return result
+
+    def now(self) -> datetime:
+        return self.clock()
+
+    async def do(
+        self,
+        name: str,
+        fn: Callable[[], Any],
+        retries: RetryPolicy | None,
+        timeout: float | None,
+    ) -> Any:
+        step = self.enter(name, "do")
+        policy = DEFAULT_RETRY if retries is None else retries
+        while True:
+            last = self._last_outcome(step)
+            attempt = 1
+            if isinstance(last, h.StepCompleted):
+                return _typed_result(last.result, fn)
+            if isinstance(last, h.StepFailed):
+                if last.retry_at is None:
+                    raise StepFailed(step, last.attempt, last.error.type, last.error.message)
+                token = timer_token(step, "retry", last.attempt)
+                if token not in self._timers:
+                    timer = h.Timer(token, step, "retry")
+                    await self._park(step, token, parse_time(last.retry_at), timer)
+                    continue
+                attempt = last.attempt + 1
+            self.current_step = step
+            outcome: Outcome = await self._request(Execute(step, attempt, fn, timeout))
+            self._record(step, attempt, outcome, policy)
+
+    def _last_outcome(self, step: str) -> Any:
+        record = self._steps.get(step)
+        if record is None:
+            return None
+        for entry in reversed(record.entries):
+            if isinstance(entry, h.StepCompleted | h.StepFailed):
+                return entry
+        return None
+
+    def _record(self, step: str, attempt: int, outcome: Outcome, policy: RetryPolicy) -> None:
+        error = outcome.error
+        if error is None:
+            try:
+                raw = msgspec.json.encode(outcome.result)
+            except (TypeError, ValueError) as exc:
+                error = NonRetryableError(
+                    f"step {step!r} returned a value jetlane cannot record: {exc}"
+                )
+            else:
+                if len(raw) > self.max_payload:
+                    error = PayloadTooLarge(
+                        f"step {step!r} returned {len(raw)} bytes; {self._limit_text()}"
+                    )
+                else:
+                    self._emit(
+                        h.StepCompleted(
+                            step=step,
+                            attempt=attempt,
+                            result=msgspec.Raw(raw),
+                            started_at=format_time(outcome.started_at),
+                            duration_ms=round(outcome.duration_ms, 3),
+                        )
+                    )
+                    return
+        final = isinstance(error, NonRetryableError | PayloadTooLarge)
+        delay = None if final else policy.delay_after(attempt)
+        info = _info(error)
+        if delay is None:
+            self._emit(h.StepFailed(step=step, attempt=attempt, error=info, retry_at=None))
+            return
+        fire_at = self.clock() + timedelta(seconds=delay)
+        token = self._schedule(step, "retry", attempt, fire_at)
+        at = format_time(fire_at)
+        self._emit(h.StepFailed(step=step, attempt=attempt, error=info, retry_at=at))
+        self._emit(h.TimerSet(step=step, timer=token, fire_at=at, purpose="retry"))
+
+    async def sleep(self, name: str, seconds: float | None, until: datetime | None) -> None:
+        step = self.enter(name, "sleep")
+        token = timer_token(step, "sleep", 1)
+        while True:
+            record = self._steps.get(step)
+            entries = record.entries if record is not None else []
+            if any(isinstance(e, h.SleepCompleted) for e in entries):
+                return
+            timer_set = next((e for e in entries if isinstance(e, h.TimerSet)), None)
+            if timer_set is None:
+                now = self.clock()
+                fire_at = until if until is not None else now + timedelta(seconds=seconds or 0)
+                if fire_at <= now:
+                    self._emit(h.SleepCompleted(step=step, input_seq=None))
+                    return
+                self._schedule(step, "sleep", 1, fire_at)
+                at = format_time(fire_at)
+                self._emit(h.TimerSet(step=step, timer=token, fire_at=at, purpose="sleep"))
+            else:
+                fire_at = parse_time(timer_set.fire_at)
+            fired = self._timers.get(token)
+            if fired is not None:
+                self._emit(h.SleepCompleted(step=step, input_seq=fired))
+                return
+            await self._park(step, token, fire_at, h.Timer(token, step, "sleep"))
+
+    async def wait(self, name: str, type: str, timeout: float) -> Any:
+        step = self.enter(name, "wait")
+        token = timer_token(step, "wait_timeout", 1)
+        while True:
+            record = self._steps.get(step)
+            entries = record.entries if record is not None else []
+            started: h.WaitStarted | None = None
+            for entry in entries:
+                if isinstance(entry, h.EventReceived):
+                    return self._event_at[entry.input_seq].payload
+                if isinstance(entry, h.WaitTimedOut):
+                    raise EventTimeout(step, type)
+                if isinstance(entry, h.WaitStarted):
+                    started = entry
+            event_seq = next(
+                (s for s, e in self._events if e.type == type and s not in self._consumed), None
+            )
+            fired = self._timers.get(token) if started is not None else None
+            if event_seq is not None and (fired is None or event_seq < fired):
+                self._emit(h.EventReceived(step=step, type=type, input_seq=event_seq))
+                if started is not None:
+                    self.outbox.append(Unschedule(token))
+                return self._event_at[event_seq].payload
+            if fired is not None:
+                self._emit(h.WaitTimedOut(step=step, type=type, input_seq=fired))
+                raise EventTimeout(step, type)
+            if started is None:
+                timeout_at = self.clock() + timedelta(seconds=timeout)
+                self._schedule(step, "wait_timeout", 1, timeout_at)
+                at = format_time(timeout_at)
+                self._emit(h.WaitStarted(step=step, type=type, timeout_at=at))
+                self._emit(h.TimerSet(step=step, timer=token, fire_at=at, purpose="wait_timeout"))
+                fire_at = timeout_at
+            else:
+                fire_at = parse_time(started.timeout_at)
+            await self._park(step, token, fire_at, h.Timer(token, step, "wait_timeout"))
+
+    async def _park(self, step: str, token: str, fire_at: datetime, body: h.Timer) -> None:
+        rearm = token not in self._armed
+        self._armed.add(token)
+        await self._request(Park(step, (TimerSpec(token, fire_at, body, rearm),)))
+
+
+_ADVICE = (
+    ". The job's code changed under a running run: deploy code that issues the recorded "
+    "steps in the same order (put new logic behind a new job name or a new step after "
+    "the recorded ones), or cancel the run. The run is blocked, not failed, and resumes "
+    "once compatible code serves it."
+)
+
+
+def _base(step: str) -> str:
+    return step.rsplit("#", 1)[0] if "#" in step else step
+
+
+def _info(exc: BaseException) -> h.ErrorInfo:
+    type_, message = describe(exc)
+    return h.ErrorInfo(type=type_, message=message)
+
+
+_hint_cache: dict[Any, Any] = {}
+
+
+def _typed_result(value: Any, fn: Callable[[], Any]) -> Any:
+    """A recorded result, shaped as ``fn``'s annotated return type when it has one."""
+    if isinstance(value, msgspec.Raw):
+        value = msgspec.json.decode(value)
+    code = getattr(fn, "__code__", None)
+    if code is None or "return" not in getattr(fn, "__annotations__", {}):
+        return value
+    target = _hint_cache.get(code)
+    if target is None:
+        try:
+            target = typing.get_type_hints(fn).get("return", Any)
+        except Exception:
+            target = Any
+        target = _unwrap_awaitable(target)
+        _hint_cache[code] = target
+    if target is Any:
+        return value
+    try:
+        return msgspec.convert(value, target, strict=False)
+    except (msgspec.ValidationError, TypeError):
+        return value
+
+
+def _unwrap_awaitable(tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is not None and getattr(origin, "__name__", "") in ("Coroutine", "Awaitable"):
+        args = typing.get_args(tp)
+        return args[-1] if args else Any
+    return tp

@@ -1,0 +1,99 @@
+"""A run's status, summarised from its history (pure; no handler needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import msgspec
+
+from . import _history as h
+
+Status = Literal[
+    "queued",
+    "running",
+    "sleeping",
+    "waiting",
+    "retrying",
+    "completed",
+    "failed",
+    "cancelled",
+    "blocked",
+]
+TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+
+
+class RunStatus(msgspec.Struct, kw_only=True):
+    """What a run is doing, as its log says."""
+
+    run_id: str
+    job: str
+    status: Status
+    step: str | None = None
+    attempt: int | None = None
+    waiting_for: str | None = None
+    until: str | None = None
+    output: Any = None
+    error: h.ErrorInfo | None = None
+    created_at: str = ""
+    updated_at: str = ""
+    history_length: int = 0
+    detail: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+def summarize(run_id: str, messages: Iterable[h.Message]) -> RunStatus | None:
+    """The status of the run whose history is ``messages``; None when it has no start."""
+    state: RunStatus | None = None
+    count = 0
+    for msg in messages:
+        count += 1
+        body = msg.body
+        if state is None:
+            if isinstance(body, h.Start):
+                state = RunStatus(run_id=run_id, job=body.job, status="queued", created_at=msg.time)
+            continue
+        state.updated_at = msg.time or state.updated_at
+        if msg.direction != "out":
+            continue
+        if state.status in TERMINAL_STATUSES:
+            continue
+        _apply(state, body)
+    if state is not None:
+        state.history_length = count
+    return state
+
+
+def _apply(state: RunStatus, body: Any) -> None:
+    if isinstance(body, h.ValuesRecorded | h.TimerSet):
+        # A timer_set follows the entry that explains it (step_failed, wait_started)
+        # or is a sleep; only a sleep changes what the run is doing.
+        if isinstance(body, h.TimerSet) and body.purpose == "sleep":
+            state.step, state.status = body.step, "sleeping"
+            state.waiting_for, state.until, state.error = "timer", body.fire_at, None
+        return
+    step = getattr(body, "step", None)
+    if step is not None:
+        state.step = step
+    state.waiting_for = state.until = state.error = None
+    state.status = "running"
+    if isinstance(body, h.StepCompleted):
+        state.attempt = body.attempt
+    elif isinstance(body, h.StepFailed):
+        state.attempt, state.error = body.attempt, body.error
+        if body.retry_at is not None:
+            state.status, state.waiting_for, state.until = "retrying", "timer", body.retry_at
+    elif isinstance(body, h.WaitStarted):
+        state.status, state.waiting_for, state.until = "waiting", body.type, body.timeout_at
+    elif isinstance(body, h.RunBlocked):
+        state.status, state.error = "blocked", body.error
+    elif isinstance(body, h.RunCompleted):
+        state.status, state.output = "completed", body.output
+    elif isinstance(body, h.RunFailed):
+        state.status, state.error = "failed", body.error
+    elif isinstance(body, h.RunCancelled):
+        state.status = "cancelled"
+        state.error = h.ErrorInfo(type="Cancelled", message=body.reason or "cancelled")

@@ -1,0 +1,97 @@
+"""The step atoms. Thin: each call goes to the replay core of the current run."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, TypeVar, overload
+
+from ._definition import RetryPolicy
+from ._durations import Duration, to_seconds, utc
+from ._errors import ConfigError
+from ._replay import Replay, current
+
+T = TypeVar("T")
+
+
+def _replay(atom: str) -> Replay:
+    try:
+        return current.get()
+    except LookupError:
+        raise ConfigError(
+            f"step.{atom} was called outside a job handler; atoms only work while "
+            "jetlane runs a handler (and not inside a step.do function)"
+        ) from None
+
+
+class _Steps:
+    """``step.do``, ``step.sleep``, ``step.sleep_until``, ``step.wait_for_event``."""
+
+    @overload
+    async def do(
+        self,
+        name: str,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        retries: RetryPolicy | None = None,
+        timeout: Duration | None = None,
+    ) -> T: ...
+
+    @overload
+    async def do(
+        self,
+        name: str,
+        fn: Callable[[], T],
+        *,
+        retries: RetryPolicy | None = None,
+        timeout: Duration | None = None,
+    ) -> T: ...
+
+    async def do(
+        self,
+        name: str,
+        fn: Callable[[], Any],
+        *,
+        retries: RetryPolicy | None = None,
+        timeout: Duration | None = None,
+    ) -> Any:
+        """Run ``fn`` once and record its result; replays return the record.
+
+        A failed attempt is retried per ``retries`` (default: 5 retries, 10 s
+        exponential backoff); ``NonRetryableError`` fails at once. When no
+        attempt is left, ``StepFailed`` is raised here, in the handler.
+        ``timeout`` bounds each attempt.
+        """
+        replay = _replay("do")
+        if not callable(fn):
+            raise ConfigError(f"step.do({name!r}, fn): fn must be callable")
+        if retries is not None and not isinstance(retries, RetryPolicy):
+            raise ConfigError("step.do retries= takes a RetryPolicy")
+        seconds = None if timeout is None else to_seconds(timeout, what="step timeout")
+        return await replay.do(name, fn, retries, seconds)
+
+    async def sleep(self, name: str, duration: Duration) -> None:
+        """Park the run for ``duration``; no process waits for it."""
+        replay = _replay("sleep")
+        await replay.sleep(name, to_seconds(duration, what="sleep duration"), None)
+
+    async def sleep_until(self, name: str, when: datetime) -> None:
+        """Park the run until ``when`` (an aware datetime)."""
+        replay = _replay("sleep_until")
+        if not isinstance(when, datetime):
+            raise ConfigError("step.sleep_until takes an aware datetime")
+        await replay.sleep(name, None, utc(when))
+
+    async def wait_for_event(self, name: str, *, type: str, timeout: Duration = "24h") -> Any:
+        """Park until an event of ``type`` is sent to the run; return its payload.
+
+        An event sent before the wait began is returned at once. Raises
+        ``EventTimeout`` when ``timeout`` passes first.
+        """
+        replay = _replay("wait_for_event")
+        if not isinstance(type, str) or not type:
+            raise ConfigError("step.wait_for_event needs a non-empty type=")
+        return await replay.wait(name, type, to_seconds(timeout, what="wait timeout"))
+
+
+step = _Steps()
