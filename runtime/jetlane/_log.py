@@ -54,6 +54,10 @@ class FenceLost(JetlaneError):
     """Another runner appended to the run's journal first."""
 
 
+class NoStream(JetlaneError):
+    """No stream stores the subject (not created yet, deleted, or JetStream is down)."""
+
+
 class _Ack(msgspec.Struct):
     stream: str = ""
     seq: int = 0
@@ -210,6 +214,7 @@ class Log:
         self._read_sub: Any = None
         self._direct = f"$JS.API.DIRECT.GET.{self.names.stream}"
         self.lease_ttl = 30.0
+        self._lease_replicas = 1
 
     @classmethod
     async def open(
@@ -265,24 +270,28 @@ class Log:
                     raise
         if info is not None:
             self._check(info.config)
-        lease_info = await self._stream_info(self.names.lease_stream)
-        if lease_info is not None:
-            self.lease_ttl = lease_info.config.max_age or lease_ttl
-        else:
-            self.lease_ttl = lease_ttl
-            with contextlib.suppress(nats.js.errors.BadRequestError):  # a concurrent runner
-                await self.js.add_stream(
-                    StreamConfig(
-                        name=self.names.lease_stream,
-                        subjects=[f"{self.names.prefix}.lease.*"],
-                        storage=StorageType.MEMORY,
-                        num_replicas=replicas,
-                        max_age=lease_ttl,
-                        max_msgs_per_subject=1,
-                        discard=DiscardPolicy.OLD,
-                        allow_direct=True,
-                    )
+        await self._ensure_lease_stream(replicas, lease_ttl)
+
+    async def _ensure_lease_stream(self, replicas: int, lease_ttl: float) -> None:
+        self._lease_replicas = replicas
+        info = await self._stream_info(self.names.lease_stream)
+        if info is not None:
+            self.lease_ttl = info.config.max_age or lease_ttl
+            return
+        self.lease_ttl = lease_ttl
+        with contextlib.suppress(nats.js.errors.BadRequestError):  # a concurrent runner
+            await self.js.add_stream(
+                StreamConfig(
+                    name=self.names.lease_stream,
+                    subjects=[f"{self.names.prefix}.lease.*"],
+                    storage=StorageType.FILE,
+                    num_replicas=replicas,
+                    max_age=lease_ttl,
+                    max_msgs_per_subject=1,
+                    discard=DiscardPolicy.OLD,
+                    allow_direct=True,
                 )
+            )
 
     async def _stream_info(self, name: str) -> Any:
         try:
@@ -344,7 +353,7 @@ class Log:
         try:
             reply = await self.nc.request(subject, data, timeout=self.timeout, headers=headers)
         except nats.errors.NoRespondersError as exc:
-            raise JetlaneError(f"no JetStream stream answers on {subject}") from exc
+            raise NoStream(f"no JetStream stream answers on {subject}") from exc
         except nats.errors.TimeoutError as exc:
             raise JetlaneError(f"JetStream did not acknowledge {subject} in time") from exc
         return _ack(reply.data)
@@ -433,7 +442,13 @@ class Log:
 
     async def _lease_publish(self, run_id: str, holder: str, expected: int) -> _Ack:
         headers = {"Nats-Expected-Last-Subject-Sequence": str(expected)}
-        return await self._publish(self.names.lease(run_id), holder.encode(), headers)
+        subject = self.names.lease(run_id)
+        try:
+            return await self._publish(subject, holder.encode(), headers)
+        except NoStream:
+            # The lease stream is gone (deleted, or lost with a server's state): heal it.
+            await self._ensure_lease_stream(self._lease_replicas, self.lease_ttl)
+            return await self._publish(subject, holder.encode(), headers)
 
     # -- reading --------------------------------------------------------------
 
