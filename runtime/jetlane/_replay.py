@@ -218,6 +218,7 @@ class Replay:
         self._wake: asyncio.Future[Decision] | None = None
         self._reply: asyncio.Future[Any] | None = None
         self._deadline: float | None = None
+        self._blocked: Blocked | None = None
         self.log = structlog.get_logger("jetlane.run").bind(run_id=run_id, job=job.name)
         self.context = Context(self, plugins)
 
@@ -291,6 +292,9 @@ class Replay:
             return Finished(self.terminal)
         if self._cancel is not None:
             return self._cancel_now(*self._cancel)
+        if self._blocked is not None:
+            # The handler is gone; asking again gets the same answer, not a crash.
+            return self._blocked
         loop = asyncio.get_running_loop()
         wake: asyncio.Future[Decision] = loop.create_future()
         self._wake = wake
@@ -300,6 +304,12 @@ class Replay:
             try:
                 value = self.job.convert_input(self.start.input)
             except InputError as exc:
+                if self._order:
+                    # The history proves an earlier version took this input: the
+                    # input type changed under a running run.
+                    return self._block(
+                        self._order[0], f"{exc}, but the history records steps" + _ADVICE
+                    )
                 return self._finish(h.RunFailed(error=_info(exc)))
             ctx = contextvars.copy_context()
             ctx.run(current.set, self)
@@ -350,18 +360,14 @@ class Replay:
             self._wake_with(self._block(blocked.step, blocked.message))
             return
         except Exception as exc:
+            if self._atoms < len(self._order):
+                # Deterministic code cannot raise where it once went on: the code changed.
+                self._wake_with(self._diverged(f"raised {type(exc).__name__}: {exc}"))
+                return
             self._wake_with(self._finish(h.RunFailed(error=_info(exc))))
             return
         if self._atoms < len(self._order):
-            step = self._order[self._atoms]
-            self._wake_with(
-                self._block(
-                    step,
-                    f"the handler returned, but the history records "
-                    f"{_ATOM_CALL[self._steps[step].atom]}({_base(step)!r}) as step "
-                    f"#{self._atoms + 1} ({step!r})" + _ADVICE,
-                )
-            )
+            self._wake_with(self._diverged("returned"))
             return
         try:
             raw = msgspec.json.encode(output)
@@ -398,12 +404,26 @@ class Replay:
         self.close()
         return self._finish(h.RunCancelled(reason=cancel.reason, input_seq=seq))
 
+    def _diverged(self, what: str) -> Blocked:
+        """The handler ended (``what``) before the steps the history records."""
+        step = self._order[self._atoms]
+        return self._block(
+            step,
+            f"the handler {what}, but the history records "
+            f"{_ATOM_CALL[self._steps[step].atom]}({_base(step)!r}) as step "
+            f"#{self._atoms + 1} ({step!r})" + _ADVICE,
+        )
+
     def _block(self, step: str, message: str) -> Blocked:
         info = h.ErrorInfo(type="NonDeterminismError", message=message)
         entry = h.RunBlocked(step=step, error=info)
+        # Values read by code that does not match the history must not be
+        # replayed into the compatible code that resumes the run.
+        self._new_values = []
         if self.last_entry != entry:
             self._emit(entry)
-        return Blocked(step, info)
+        self._blocked = Blocked(step, info)
+        return self._blocked
 
     def _limit_text(self) -> str:
         return (

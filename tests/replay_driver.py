@@ -1,0 +1,272 @@
+"""An in-memory driver for the pure core: a list is the log, a fake clock the time.
+
+It does what the runner's ``_advance``/``_drive`` do, without NATS: feed the
+history to a ``Replay``, write each ``Append`` to the log (its sequence is
+the list position), keep ``Schedule``s in a dict and fire them as ``timer``
+inputs when the fake clock passes ``fire_at``, execute ``Execute`` decisions
+and read the log to its end before accepting a ``Park``. ``crash()`` throws
+the core away and replays the log into a fresh one, as a new runner would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import inspect
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from jetlane import _history as h
+from jetlane._definition import Job, define_job
+from jetlane._replay import (
+    Append,
+    Blocked,
+    Decision,
+    Execute,
+    Finished,
+    Outcome,
+    Park,
+    Replay,
+    Schedule,
+    Unschedule,
+)
+
+T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+RUN = "r1"
+
+
+class FakeClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self, start: datetime = T0) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def entropy(n: int) -> bytes:
+    """Deterministic per call count; a fresh core gets fresh bytes only if it asks again."""
+    entropy.calls += 1  # type: ignore[attr-defined]
+    seed = str(entropy.calls).encode()  # type: ignore[attr-defined]
+    return hashlib.blake2b(seed, digest_size=32).digest()[:n]
+
+
+entropy.calls = 0  # type: ignore[attr-defined]
+
+
+class Driver:
+    """One run, its log and its schedules, advanced like a runner would."""
+
+    def __init__(
+        self,
+        job: Job,
+        input: Any = None,
+        *,
+        run_id: str = RUN,
+        clock: FakeClock | None = None,
+        max_payload: int | None = None,
+        start: bool = True,
+    ) -> None:
+        self.job = job
+        self.run_id = run_id
+        self.clock = clock or FakeClock()
+        self.max_payload = max_payload
+        self.log: list[h.Message] = []
+        self.schedules: dict[str, tuple[datetime, h.Timer]] = {}
+        self.unscheduled: list[str] = []
+        self.executed: list[tuple[str, int]] = []
+        self.decisions: list[Decision] = []
+        self.replay = self._fresh()
+        self._fed = 0
+        if start:
+            self.publish(h.Start(job=job.name, input=input))
+
+    def _fresh(self) -> Replay:
+        extra: dict[str, Any] = {}
+        if self.max_payload is not None:
+            extra["max_payload"] = self.max_payload
+        return Replay(self.job, self.run_id, clock=self.clock, entropy=entropy, **extra)
+
+    # -- the log ---------------------------------------------------------------
+
+    def _add(self, direction: str, body: h.Body) -> int:
+        seq = len(self.log) + 1
+        kind = h.kind_of(body)
+        self.log.append(h.Message(seq, self.run_id, direction, kind, body))
+        return seq
+
+    def publish(self, body: h.Input) -> int:
+        """An input on ``.in`` (start, event, cancel, timer)."""
+        return self._add("in", body)
+
+    def event(self, type: str, payload: Any = None) -> int:
+        return self.publish(h.Event(type=type, payload=payload))
+
+    def cancel(self, reason: str | None = None) -> int:
+        return self.publish(h.Cancel(reason=reason))
+
+    @property
+    def journal(self) -> list[h.Journal]:
+        return [m.body for m in self.log if m.direction == "out"]
+
+    @property
+    def kinds(self) -> list[str]:
+        return [m.kind for m in self.log if m.direction == "out"]
+
+    def feed(self) -> bool:
+        """Ingest what the core has not seen; True when that included an input."""
+        fresh = False
+        for msg in self.log[self._fed :]:
+            fresh = fresh or msg.direction == "in"
+            self.replay.ingest(msg)
+        self._fed = len(self.log)
+        return fresh
+
+    # -- timers ----------------------------------------------------------------
+
+    def fire(self, token: str) -> int:
+        """The server fires a schedule now (whatever its ``fire_at``)."""
+        _, body = self.schedules.pop(token)
+        return self.publish(body)
+
+    def fire_due(self) -> list[int]:
+        due = sorted((at, token) for token, (at, _) in self.schedules.items() if at <= self.clock())
+        return [self.fire(token) for _, token in due]
+
+    def tick(self, seconds: float) -> list[int]:
+        self.clock.advance(seconds)
+        return self.fire_due()
+
+    def next_fire_at(self) -> datetime | None:
+        return min((at for at, _ in self.schedules.values()), default=None)
+
+    # -- advancing -------------------------------------------------------------
+
+    async def advance(self, *, crash_at_execute: int | None = None) -> Decision:
+        """Bring the run to its next park (or end), as one runner session would.
+
+        ``crash_at_execute=n`` runs the n-th step function of this session and
+        then crashes before its outcome is written; a fresh core takes over.
+        """
+        self.feed()
+        reply: Any = None
+        executes = 0
+        while True:
+            decision = await self.replay.next(reply)
+            self.decisions.append(decision)
+            self.flush()
+            reply = None
+            if isinstance(decision, Execute):
+                executes += 1
+                reply = await self.execute(decision)
+                if executes == crash_at_execute:
+                    await self.crash()
+                    reply = None
+                continue
+            if isinstance(decision, Park):
+                if self.feed():
+                    continue
+                for spec in decision.timers:
+                    if spec.rearm:
+                        self.schedules[spec.token] = (spec.fire_at, spec.body)
+            return decision
+
+    def flush(self, *, limit: int | None = None) -> None:
+        """Write the outbox; ``limit`` stops after that many appends (a crash mid-write)."""
+        outbox, self.replay.outbox = self.replay.outbox, []
+        appends = 0
+        for effect in outbox:
+            if isinstance(effect, Append):
+                if limit is not None and appends >= limit:
+                    return
+                appends += 1
+                self.replay.appended(self._add("out", effect.body))
+                self._fed = len(self.log)
+            elif isinstance(effect, Schedule):
+                self.schedules[effect.token] = (effect.fire_at, effect.body)
+            elif isinstance(effect, Unschedule):
+                self.unscheduled.append(effect.token)
+                if effect.token == "*":
+                    self.schedules.clear()
+                else:
+                    self.schedules.pop(effect.token, None)
+
+    async def execute(self, ex: Execute) -> Outcome:
+        self.executed.append((ex.step, ex.attempt))
+        started = self.clock()
+        try:
+            result = ex.fn()
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception as exc:
+            return Outcome(started_at=started, duration_ms=1.5, error=exc)
+        return Outcome(started_at=started, duration_ms=1.5, result=result)
+
+    async def crash(self) -> None:
+        """Lose the core (and its unwritten outbox); a fresh one replays the log."""
+        await self.close()
+        self.replay = self._fresh()
+        self._fed = 0
+        self.feed()
+
+    async def close(self) -> None:
+        self.replay.close()
+        task = self.replay._task
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def run(
+        self, *, on_park: Callable[[Driver, Park], None] | None = None, max_parks: int = 100
+    ) -> Finished | Blocked:
+        """Advance, letting time pass to the next timer at each park, until the run ends."""
+        for _ in range(max_parks):
+            decision = await self.advance()
+            if isinstance(decision, Finished | Blocked):
+                return decision
+            assert isinstance(decision, Park)
+            if on_park is not None:
+                on_park(self, decision)
+            if len(self.log) > self._fed:
+                continue  # an input came while parked: advance again
+            at = self.next_fire_at()
+            assert at is not None, f"parked on {decision.step!r} with nothing scheduled"
+            self.clock.now = max(self.clock.now, at)
+            self.fire_due()
+        raise AssertionError(f"run did not end within {max_parks} parks")
+
+
+async def replay_fresh(driver: Driver) -> tuple[Decision, list[Any]]:
+    """A fresh core fed the driver's whole log: its decision and what it would append."""
+    other = Replay(driver.job, driver.run_id, clock=driver.clock, entropy=entropy)
+    for msg in driver.log:
+        other.ingest(msg)
+    decision = await other.next(None)
+    appends = [e.body for e in other.outbox if isinstance(e, Append)]
+    other.close()
+    task = other._task
+    if task is not None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    return decision, appends
+
+
+def job_of(handler: Any, *, name: str = "t", timeout: float | None = None) -> Job:
+    return define_job(name=name, handler=handler, timeout=timeout, register=False)
+
+
+def plain(value: Any) -> Any:
+    """A recorded value (``msgspec.Raw`` when just written) as plain JSON data."""
+    return msgspec.json.decode(value) if isinstance(value, msgspec.Raw) else value
+
+
+def of(driver: Driver, kind: type[Any]) -> list[Any]:
+    return [e for e in driver.journal if isinstance(e, kind)]
