@@ -34,7 +34,7 @@ class RetryPolicy:
     max_delay: Duration | None = "1h"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.limit, int) or self.limit < 0:
+        if not isinstance(self.limit, int) or isinstance(self.limit, bool) or self.limit < 0:
             raise ConfigError(f"RetryPolicy.limit must be an int >= 0, not {self.limit!r}")
         if self.backoff not in ("constant", "linear", "exponential"):
             raise ConfigError(

@@ -10,7 +10,7 @@ from ._errors import ConfigError
 Duration = str | int | float | timedelta
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d|w)")
 _MAX_SECONDS = 366 * 86400.0 * 10
 
 
@@ -21,7 +21,10 @@ def to_seconds(value: Duration, *, what: str = "duration") -> float:
     elif isinstance(value, bool):
         raise ConfigError(f"{what} must be a duration, not a bool")
     elif isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int too large for a float is out of range anyway
+            seconds = float("inf")
     elif isinstance(value, str):
         text = value.strip().replace(" ", "")
         pos, seconds = 0, 0.0
@@ -52,7 +55,12 @@ def utc(value: datetime) -> datetime:
 def format_time(value: datetime) -> str:
     """RFC 3339 UTC with milliseconds, the journal's time format."""
     value = utc(value)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    # Not strftime("%Y"): it does not zero-pad years before 1000 on every libc.
+    return (
+        f"{value.year:04d}-"
+        + value.strftime("%m-%dT%H:%M:%S.")
+        + f"{value.microsecond // 1000:03d}Z"
+    )
 
 
 def parse_time(text: str) -> datetime:

@@ -72,11 +72,13 @@ def _apply(state: RunStatus, body: Any) -> None:
         # A timer_set follows the entry that explains it (step_failed, wait_started)
         # or is a sleep; only a sleep changes what the run is doing.
         if isinstance(body, h.TimerSet) and body.purpose == "sleep":
-            state.step, state.status = body.step, "sleeping"
+            state.step, state.status, state.attempt = body.step, "sleeping", None
             state.waiting_for, state.until, state.error = "timer", body.fire_at, None
         return
     step = getattr(body, "step", None)
     if step is not None:
+        if step != state.step:
+            state.attempt = None  # an attempt belongs to the step.do it counts
         state.step = step
     state.waiting_for = state.until = state.error = None
     state.status = "running"

@@ -1,0 +1,74 @@
+"""The public surface: a change to it is a decision, so this test fails when it drifts."""
+
+from __future__ import annotations
+
+import jetlane
+
+PUBLIC = {
+    "Client",
+    "ConfigError",
+    "ConnectError",
+    "ConnectOptions",
+    "Context",
+    "DecodeError",
+    "EventTimeout",
+    "InputError",
+    "JetlaneError",
+    "Job",
+    "Log",
+    "Names",
+    "NonDeterminismError",
+    "NonRetryableError",
+    "PayloadTooLarge",
+    "Plugins",
+    "RetryPolicy",
+    "RunAlreadyExists",
+    "RunFailedError",
+    "RunHandle",
+    "RunNotFound",
+    "RunStatus",
+    "Runner",
+    "RunnerConfig",
+    "StepError",
+    "StepFailed",
+    "StepTimeout",
+    "StreamMismatch",
+    "connect",
+    "define_job",
+    "job",
+    "registry",
+    "step",
+}
+
+
+def test_all_is_pinned() -> None:
+    assert set(jetlane.__all__) == PUBLIC
+    assert len(jetlane.__all__) == len(PUBLIC)
+
+
+def test_every_public_name_exists_and_none_is_private() -> None:
+    for name in jetlane.__all__:
+        assert not name.startswith("_")
+        assert getattr(jetlane, name) is not None
+
+
+def test_the_error_tree() -> None:
+    for name in (
+        "ConfigError",
+        "DecodeError",
+        "InputError",
+        "PayloadTooLarge",
+        "RunAlreadyExists",
+        "RunNotFound",
+        "ConnectError",
+        "StreamMismatch",
+        "NonDeterminismError",
+        "RunFailedError",
+        "StepError",
+    ):
+        assert issubclass(getattr(jetlane, name), jetlane.JetlaneError), name
+    assert issubclass(jetlane.StepFailed, jetlane.StepError)
+    assert issubclass(jetlane.EventTimeout, jetlane.StepError)
+    assert issubclass(jetlane.EventTimeout, TimeoutError)
+    # raised by user code, so deliberately outside jetlane's tree
+    assert not issubclass(jetlane.NonRetryableError, jetlane.JetlaneError)
