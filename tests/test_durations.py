@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -108,6 +109,7 @@ def test_retry_policy_delays_and_validation() -> None:
     policy = RetryPolicy(limit=3, delay="1s", backoff="exponential", max_delay=None)
     assert [policy.delay_after(n) for n in (1, 2, 3, 4)] == [1, 2, 4, None]
     assert RetryPolicy(limit=100, delay="1s").delay_after(90) == 3600
+    bad: dict[str, Any]
     for bad in (
         {"limit": -1},
         {"limit": True},
@@ -116,4 +118,4 @@ def test_retry_policy_delays_and_validation() -> None:
         {"max_delay": -1},
     ):
         with pytest.raises(ConfigError):
-            RetryPolicy(**bad)  # type: ignore[arg-type]
+            RetryPolicy(**bad)
