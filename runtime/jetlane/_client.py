@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -136,23 +137,39 @@ class Client:
 
     async def result(self, run_id: str, *, timeout: float | None = None) -> Any:
         """Wait for the run to end; its output, or ``RunFailedError``."""
+        h.check_run_id(run_id)
         async with asyncio.timeout(timeout):
-            history = await self.log.read(h.check_run_id(run_id))
-            status = summarize(run_id, history)
-            if status is None:
-                raise RunNotFound(run_id)
-            if not status.done:
-                last = history[-1].seq if history else 0
-                async for msg in self.log.tail(self.log.names.journal(run_id), last + 1):
-                    if isinstance(msg.body, h.TERMINAL):
-                        history.append(msg)
-                        break
-                status = summarize(run_id, history)
-                assert status is not None
+            status = await self._wait_done(run_id)
         if status.status == "completed":
             return status.output
         error = status.error or h.ErrorInfo(type="Error", message=status.status)
         raise RunFailedError(run_id, status.status, error.type, error.message)
+
+    async def _wait_done(self, run_id: str) -> RunStatus:
+        # Journal entries are published by runners, so a core subscription sees them
+        # (only fired timers bypass core subscribers, and they go to .in). Subscribe
+        # first, then read: nothing falls in between. A periodic re-read covers
+        # anything missed across a reconnect.
+        sub = await self.log.nc.subscribe(self.log.names.journal(run_id))
+        try:
+            history = await self.log.read(run_id)
+            while True:
+                status = summarize(run_id, history)
+                if status is None:
+                    raise RunNotFound(run_id)
+                if status.done:
+                    return status
+                try:
+                    raw = await sub.next_msg(timeout=2.0)
+                except nats.errors.TimeoutError:
+                    history = await self.log.read(run_id)
+                    continue
+                msg = self.log.decode_delivered_core(raw)
+                if isinstance(msg.body, h.TERMINAL):
+                    history.append(msg)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def history(self, run_id: str, *, follow: bool = False) -> AsyncIterator[h.Message]:
         """The run's log in order; with ``follow``, keep yielding until the run ends."""

@@ -16,6 +16,7 @@ nats-py errors are translated to jetlane errors here and nowhere else.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import re
@@ -212,6 +213,9 @@ class Log:
         self._read_prefix = ""
         self._read_ids = itertools.count()
         self._read_sub: Any = None
+        self._replies: dict[str, asyncio.Future[Msg]] = {}
+        self._deadlines: collections.deque[tuple[float, str]] = collections.deque()
+        self._sweeper: asyncio.Task[None] | None = None
         self._direct = f"$JS.API.DIRECT.GET.{self.names.stream}"
         self.lease_ttl = 30.0
         self._lease_replicas = 1
@@ -237,6 +241,8 @@ class Log:
         return log
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if not self.nc.is_closed:
             try:
                 await self.nc.drain()
@@ -350,13 +356,40 @@ class Log:
     # -- writing --------------------------------------------------------------
 
     async def _publish(self, subject: str, data: bytes, headers: dict[str, str]) -> _Ack:
-        try:
-            reply = await self.nc.request(subject, data, timeout=self.timeout, headers=headers)
-        except nats.errors.NoRespondersError as exc:
-            raise NoStream(f"no JetStream stream answers on {subject}") from exc
-        except nats.errors.TimeoutError as exc:
-            raise JetlaneError(f"JetStream did not acknowledge {subject} in time") from exc
+        reply = await self._request(subject, data, headers)
+        if reply.headers and reply.headers.get("Status") == "503":
+            raise NoStream(f"no JetStream stream answers on {subject}")
         return _ack(reply.data)
+
+    async def _request(
+        self, subject: str, data: bytes, headers: dict[str, str] | None = None
+    ) -> Msg:
+        """A request on our own reply mux (cheaper than nats-py's per-request timer and NUID)."""
+        await self._ensure_reader()
+        token = str(next(self._read_ids))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Msg] = loop.create_future()
+        self._replies[token] = future
+        self._deadlines.append((loop.time() + self.timeout, token))
+        try:
+            await self.nc.publish(
+                subject, data, reply=f"{self._read_prefix}.{token}", headers=headers
+            )
+            return await future
+        finally:
+            self._replies.pop(token, None)
+
+    async def _sweep(self) -> None:
+        # One task fails overdue requests, instead of a timer per request.
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(self.timeout / 4, 0.5))
+            now = loop.time()
+            while self._deadlines and self._deadlines[0][0] <= now:
+                _, token = self._deadlines.popleft()
+                future = self._replies.get(token)
+                if future is not None and not future.done():
+                    future.set_exception(JetlaneError("NATS did not answer in time"))
 
     async def publish_input(
         self,
@@ -400,9 +433,7 @@ class Log:
         request: dict[str, Any] = {"filter": subject}
         if below is not None:
             request["seq"] = below
-        reply = await self.nc.request(
-            f"$JS.API.STREAM.PURGE.{stream}", msgspec.json.encode(request), timeout=self.timeout
-        )
+        reply = await self._request(f"$JS.API.STREAM.PURGE.{stream}", msgspec.json.encode(request))
         answer = msgspec.json.decode(reply.data)
         if "error" in answer:
             raise JetlaneError(f"purge of {subject} failed: {answer['error']}")
@@ -454,10 +485,8 @@ class Log:
 
     async def exists(self, run_id: str) -> bool:
         """Whether the run has a start (a message on its inbox)."""
-        reply = await self.nc.request(
-            self._direct,
-            msgspec.json.encode({"last_by_subj": self.names.inbox(run_id)}),
-            timeout=self.timeout,
+        reply = await self._request(
+            self._direct, msgspec.json.encode({"last_by_subj": self.names.inbox(run_id)})
         )
         status = (reply.headers or {}).get("Status")
         return status is None
@@ -504,9 +533,16 @@ class Log:
         if self._read_sub is None:
             self._read_prefix = self.nc.new_inbox()
             self._read_sub = await self.nc.subscribe(f"{self._read_prefix}.*", cb=self._on_read)
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     async def _on_read(self, msg: Msg) -> None:
-        pending = self._reads.get(msg.subject.rsplit(".", 1)[-1])
+        token = msg.subject[len(self._read_prefix) + 1 :]
+        future = self._replies.pop(token, None)
+        if future is not None:
+            if not future.done():
+                future.set_result(msg)
+            return
+        pending = self._reads.get(token)
         if pending is None or pending.done is None or pending.done.done():
             return
         if msg.headers and "Status" in msg.headers:
@@ -557,6 +593,19 @@ class Log:
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    def decode_delivered_core(self, raw: Msg) -> h.Message:
+        """A journal entry seen on a core subscription (no stream sequence or time)."""
+        parsed = self.names.parse(raw.subject)
+        run_id, direction = parsed if parsed is not None else ("", "")
+        kind = (raw.headers or {}).get(h.KIND_HEADER)
+        try:
+            body: Any = h.decode(kind, raw.data, direction=direction)
+        except DecodeError as exc:
+            body, kind = h.Invalid(reason=str(exc)), "invalid"
+        return h.Message(
+            seq=0, run_id=run_id, direction=direction, kind=kind or "invalid", body=body
+        )
 
     def decode_delivered(self, raw: Msg) -> h.Message:
         """A message delivered by a consumer, as a history ``Message``."""

@@ -397,7 +397,8 @@ class Replay:
 
     def _finish(self, entry: h.RunCompleted | h.RunFailed | h.RunCancelled) -> Finished:
         self._emit(entry)
-        self.outbox.append(Unschedule("*"))
+        if self._armed or any(isinstance(e, h.TimerSet) for e in self._timer_entries()):
+            self.outbox.append(Unschedule("*"))
         return Finished(entry)
 
     def _cancel_now(self, seq: int, cancel: h.Cancel) -> Finished:
@@ -424,6 +425,9 @@ class Replay:
             self._emit(entry)
         self._blocked = Blocked(step, info)
         return self._blocked
+
+    def _timer_entries(self) -> list[Any]:
+        return [e for step in self._steps.values() for e in step.entries]
 
     def _limit_text(self) -> str:
         return (

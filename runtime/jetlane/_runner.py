@@ -328,10 +328,6 @@ class Runner:
                 await self.log.unschedule(run_id, effect.token)
 
     async def _execute(self, replay: Replay, ex: Execute) -> Outcome:
-        bound = log.bind(
-            run_id=replay.run_id, job=replay.job.name, step=ex.step, attempt=ex.attempt
-        )
-        bound.debug("step started")
         started = datetime.now(UTC)
         t0 = time.perf_counter()
         error: BaseException | None = None
@@ -352,10 +348,15 @@ class Runner:
             error = exc
         duration = (time.perf_counter() - t0) * 1000
         self.stats["steps"] += 1
-        if error is None:
-            bound.debug("step completed", duration_ms=round(duration, 3))
-        else:
-            bound.info("step attempt failed", error=f"{type(error).__name__}: {error}")
+        if error is not None:
+            log.info(
+                "step attempt failed",
+                run_id=replay.run_id,
+                job=replay.job.name,
+                step=ex.step,
+                attempt=ex.attempt,
+                error=f"{type(error).__name__}: {error}",
+            )
         return Outcome(started_at=started, duration_ms=duration, result=result, error=error)
 
     # -- parked runs: cache and in-memory timers ------------------------------
