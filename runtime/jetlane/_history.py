@@ -199,7 +199,8 @@ class Message(msgspec.Struct, frozen=True):
             "direction": self.direction,
             "kind": self.kind,
             "time": self.time,
-            "body": msgspec.to_builtins(self.body),
+            # Through JSON, not to_builtins: bodies the core just wrote hold msgspec.Raw.
+            "body": msgspec.json.decode(_encoder.encode(self.body)),
         }
 
 
