@@ -360,8 +360,9 @@ async def test_start_for_unserved_job_waits_for_a_runner(
 
     await start_runner([define_job(name="other", handler=later, register=False)])
     await client.start("later", run_id="q1")
-    await asyncio.sleep(0)  # let the runner see it (no assertion depends on timing)
-    assert (await client.status("q1")).status == "queued"
+    status = await client.status("q1")
+    assert status.status == "queued"
+    assert status.detail is not None and "no runner serves job 'later'" in status.detail
     await start_runner([define_job(name="later", handler=later, register=False)])
     assert await client.result("q1", timeout=20) == "served"
 

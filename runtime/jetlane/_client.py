@@ -133,7 +133,20 @@ class Client:
         status = summarize(run_id, await self.log.read(run_id))
         if status is None:
             raise RunNotFound(run_id)
+        if status.status == "queued" and not await self._served(status.job):
+            status.detail = f"no runner serves job {status.job!r}; the run starts when one does"
         return status
+
+    async def _served(self, job: str) -> bool:
+        """Whether any live runner serves ``job`` (runners answer its validation subject)."""
+        subject = f"{self.log.names.prefix}.api.validate.{job}"
+        try:
+            await self.log.nc.request(subject, b"null", timeout=1.0)
+        except nats.errors.NoRespondersError:
+            return False
+        except nats.errors.TimeoutError:
+            return True  # a runner exists but is slow to answer
+        return True
 
     async def result(self, run_id: str, *, timeout: float | None = None) -> Any:
         """Wait for the run to end; its output, or ``RunFailedError``."""
