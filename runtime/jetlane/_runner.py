@@ -3,8 +3,9 @@
 Design note. A delivery only says *advance run X*; advancing is idempotent
 (bring the run to its next park given everything in its log), so duplicate
 and redelivered inputs are harmless. Within a process a run has one session
-at a time: deliveries for a run already in a session are attached to it and
-acked when it ends. Across processes a run has one holder: the session takes
+at a time: deliveries for a run already in a session are attached to it;
+those that arrive after its last read of the log are dispatched again when it
+ends. Across processes a run has one holder: the session takes
 the run's lease first and naks (with a delay, never drops) when another
 runner holds it. The fence on the journal stays the last line of defence.
 
@@ -68,6 +69,10 @@ class RunnerConfig:
     max_ack_pending: int = 20000
 
 
+class _Handback(Exception):
+    """Draining: give the run back to the pool instead of starting another step."""
+
+
 class StepTimeout(TimeoutError):
     """A step attempt ran past its ``timeout``."""
 
@@ -76,7 +81,7 @@ class StepTimeout(TimeoutError):
 class _Session:
     run_id: str
     deliveries: list[Msg] = field(default_factory=list)
-    dirty: bool = False
+    handled: int = 0
     lease: int | None = None
 
 
@@ -184,7 +189,6 @@ class Runner:
         session = self._sessions.get(run_id)
         if session is not None:
             session.deliveries.append(msg)
-            session.dirty = True
             return
         session = _Session(run_id, [msg])
         self._sessions[run_id] = session
@@ -210,22 +214,32 @@ class Runner:
         except FenceLost:
             self.stats["fence_lost"] += 1
             log.info("fence lost; another runner advanced the run", run_id=run_id)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, _Handback):
             outcome = "handback"
         except (TimeoutError, JetlaneError, OSError, nats.errors.Error) as exc:
             log.warning("advance failed; will retry", run_id=run_id, error=str(exc))
         except Exception:
             log.exception("advance crashed; will retry", run_id=run_id)
         finally:
-            self._sessions.pop(run_id, None)
-            self._tasks.pop(run_id, None)
-            self._slot.set()
             if outcome != "done":
                 self._evict(run_id)
-            await self._settle(session, outcome)
             if session.lease is not None:
                 with contextlib.suppress(Exception):
                     await self.log.release(run_id, session.lease)
+            self._sessions.pop(run_id, None)
+            self._tasks.pop(run_id, None)
+            self._slot.set()
+            # Deliveries that arrived after the session last read the log were not
+            # seen by it: they start a session of their own.
+            late = session.deliveries[session.handled :] if outcome == "parked" else []
+            del session.deliveries[len(session.deliveries) - len(late) :]
+            await self._settle(session, "done" if outcome == "parked" else outcome)
+            for msg in late:
+                if not self._stopping.is_set():
+                    await self._dispatch(msg)
+                else:
+                    with contextlib.suppress(Exception):
+                        await msg.nak()
 
     async def _settle(self, session: _Session, outcome: str) -> None:
         for msg in session.deliveries:
@@ -267,7 +281,6 @@ class Runner:
             for msg_ in history:
                 replay.ingest(msg_)
         while True:
-            session.dirty = False
             decision = await self._drive(replay)
             if isinstance(decision, Blocked):
                 log.warning(
@@ -280,11 +293,13 @@ class Runner:
                 return "done"
             # Park: read the log to its end first; an input may have come meanwhile.
             assert isinstance(decision, Park)
-            if await self._ingest_tail(replay) or session.dirty:
+            seen = len(session.deliveries)
+            if await self._ingest_tail(replay) or len(session.deliveries) > seen:
                 continue
+            session.handled = seen
             await self._arm(replay, decision)
             self._remember(replay)
-            return "done"
+            return "parked"
 
     async def _catch_up(self, replay: Replay) -> Replay | None:
         tail = await self.log.read(replay.run_id, replay.last_seq)
@@ -314,6 +329,10 @@ class Runner:
             await self._flush(replay)
             if not isinstance(decision, Execute):
                 return decision
+            if self._stopping.is_set():
+                # Draining: finish the step in flight, start no new one; another runner
+                # continues from the log.
+                raise _Handback
             reply = await self._execute(replay, decision)
 
     async def _flush(self, replay: Replay) -> None:
