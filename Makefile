@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check lint bench dev clean
+.PHONY: demo test check lint bench bench-quick dev clean chaos
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,11 +24,19 @@ lint: $(STAMP)
 
 check: lint test
 
+# The full chaos run (tests/chaos): 200 runs, a runner SIGKILLed every few hundred ms.
+chaos: $(STAMP)
+	JETLANE_CHAOS_RUNS=$${JETLANE_CHAOS_RUNS:-200} $(BIN)/pytest tests/chaos -v
+
 dev: $(STAMP)
 	$(BIN)/jetlane dev --jobs jobs
 
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# well under a minute: every workload at small sizes (what tests/test_bench.py runs)
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench --quick
 
 clean:
 	rm -rf $(VENV) .jetlane .pytest_cache .mypy_cache .ruff_cache
