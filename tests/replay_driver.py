@@ -93,7 +93,13 @@ class Driver:
         extra: dict[str, Any] = {}
         if self.max_payload is not None:
             extra["max_payload"] = self.max_payload
-        return Replay(self.job, self.run_id, clock=self.clock, entropy=entropy, **extra)
+        return Replay(self.job, self.run_id, clock=self.clock, entropy=self._entropy, **extra)
+
+    def _entropy(self, n: int) -> bytes:
+        # By value position, so a core that re-reads an unrecorded value after a
+        # crash gets what the lost core got: crashed and live journals compare equal.
+        seed = f"{self.run_id}/{self.replay._value_pos}".encode()
+        return hashlib.blake2b(seed, digest_size=32).digest()[:n]
 
     # -- the log ---------------------------------------------------------------
 
