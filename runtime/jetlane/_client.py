@@ -23,6 +23,7 @@ from ._errors import (
     RunFailedError,
     RunNotFound,
 )
+from ._index import RunIndex
 from ._log import ConnectOptions, FenceLost, Log, Names
 from ._replay import DEFAULT_MAX_PAYLOAD
 from ._status import RunStatus, summarize
@@ -183,6 +184,21 @@ class Client:
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    async def list_runs(
+        self,
+        *,
+        job: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[RunStatus], str | None]:
+        """Runs from the run index, newest first: one page and the next page's cursor."""
+        return await RunIndex(self.log).list(job=job, status=status, limit=limit, cursor=cursor)
+
+    async def rebuild_index(self) -> int:
+        """Recompute the run index from every history; the number of runs indexed."""
+        return await RunIndex(self.log).rebuild()
 
     async def history(self, run_id: str, *, follow: bool = False) -> AsyncIterator[h.Message]:
         """The run's log in order; with ``follow``, keep yielding until the run ends."""

@@ -110,6 +110,13 @@ class Names:
     def subjects(self) -> list[str]:
         return [f"{self.prefix}.run.>", f"{self.prefix}.timer.>", f"{self.prefix}.dlq.>"]
 
+    def index(self, run_id: str) -> str:
+        return f"{self.prefix}.index.{run_id}"
+
+    @property
+    def index_stream(self) -> str:
+        return f"{self.stream}_INDEX"
+
     @property
     def lease_stream(self) -> str:
         return f"{self.stream}_LEASES"
@@ -201,6 +208,12 @@ class _Read:
     done: asyncio.Future[Msg] | None = None
 
 
+@dataclass
+class _Batch:
+    messages: list[Msg]
+    end: Msg
+
+
 class Log:
     """A run log over one JetStream stream."""
 
@@ -277,6 +290,19 @@ class Log:
         if info is not None:
             self._check(info.config)
         await self._ensure_lease_stream(replicas, lease_ttl)
+        if await self._stream_info(self.names.index_stream) is None:
+            with contextlib.suppress(nats.js.errors.BadRequestError):  # a concurrent runner
+                await self.js.add_stream(
+                    StreamConfig(
+                        name=self.names.index_stream,
+                        subjects=[f"{self.names.prefix}.index.*"],
+                        storage=StorageType.FILE,
+                        num_replicas=replicas,
+                        max_msgs_per_subject=1,
+                        discard=DiscardPolicy.OLD,
+                        allow_direct=True,
+                    )
+                )
 
     async def _ensure_lease_stream(self, replicas: int, lease_ttl: float) -> None:
         self._lease_replicas = replicas
@@ -455,6 +481,43 @@ class Log:
             {h.KIND_HEADER: "dead_letter", h.VERSION_HEADER: h.VERSION},
         )
 
+    # -- run index (derived data: one last value per run) --------------------
+
+    async def put_index(self, run_id: str, record: bytes) -> None:
+        await self._publish(self.names.index(run_id), record, {})
+
+    async def read_index(self) -> list[bytes]:
+        """The last index record of every run (batch direct get, ``multi_last``)."""
+        records: list[bytes] = []
+        direct = f"$JS.API.DIRECT.GET.{self.names.index_stream}"
+        await self._ensure_reader()
+        seq = 0
+        while True:
+            request: dict[str, Any] = {
+                "multi_last": [f"{self.names.prefix}.index.*"],
+                "batch": BATCH,
+            }
+            if seq:
+                request["start_seq"] = seq
+            batch = await self._batch(direct, request)
+            records.extend(m.data for m in batch.messages)
+            end = batch.end.headers or {}
+            if end.get("Status") != "204" or not batch.messages:
+                return records
+            if int(end.get("Nats-Num-Pending", "0")) == 0:
+                return records
+            seq = int(end.get("Nats-Last-Sequence", "0")) + 1
+
+    async def run_ids(self) -> list[str]:
+        """Every run id with a start in the stream."""
+        info = await self.js.stream_info(self.names.stream, subjects_filter=self.names.all_inboxes)
+        ids = []
+        for subject in info.state.subjects or {}:
+            parsed = self.names.parse(subject)
+            if parsed is not None:
+                ids.append(parsed[0])
+        return ids
+
     # -- leases ---------------------------------------------------------------
 
     async def acquire(self, run_id: str, holder: str) -> int | None:
@@ -506,28 +569,31 @@ class Log:
         await self._ensure_reader()
         seq = start
         while True:
-            token = str(next(self._read_ids))
-            pending = _Read(done=asyncio.get_running_loop().create_future())
-            self._reads[token] = pending
-            try:
-                request = {"seq": seq, "batch": BATCH, "next_by_subj": subject}
-                await self.nc.publish(
-                    self._direct,
-                    msgspec.json.encode(request),
-                    reply=f"{self._read_prefix}.{token}",
-                )
-                assert pending.done is not None
-                end = await asyncio.wait_for(pending.done, self.timeout)
-            finally:
-                self._reads.pop(token, None)
-            for raw in pending.messages:
+            request = {"seq": seq, "batch": BATCH, "next_by_subj": subject}
+            batch = await self._batch(self._direct, request)
+            for raw in batch.messages:
                 yield raw
-            headers = end.headers or {}
-            if headers.get("Status") != "204" or not pending.messages:
+            headers = batch.end.headers or {}
+            if headers.get("Status") != "204" or not batch.messages:
                 return
             if int(headers.get("Nats-Num-Pending", "0")) == 0:
                 return
             seq = int(headers.get("Nats-Last-Sequence", "0")) + 1
+
+    async def _batch(self, subject: str, request: dict[str, Any]) -> _Batch:
+        """One batch direct get: the messages, then the end-of-batch status message."""
+        token = str(next(self._read_ids))
+        pending = _Read(done=asyncio.get_running_loop().create_future())
+        self._reads[token] = pending
+        try:
+            await self.nc.publish(
+                subject, msgspec.json.encode(request), reply=f"{self._read_prefix}.{token}"
+            )
+            assert pending.done is not None
+            end = await asyncio.wait_for(pending.done, self.timeout)
+        finally:
+            self._reads.pop(token, None)
+        return _Batch(pending.messages, end)
 
     async def _ensure_reader(self) -> None:
         if self._read_sub is None:

@@ -37,7 +37,9 @@ from nats.aio.msg import Msg
 from . import _history as h
 from ._context import Plugins
 from ._definition import Job, registry
+from ._durations import format_time
 from ._errors import DecodeError, InputError, JetlaneError
+from ._index import record
 from ._log import FenceLost, Log
 from ._replay import (
     DEFAULT_MAX_PAYLOAD,
@@ -52,6 +54,7 @@ from ._replay import (
     Schedule,
     Unschedule,
 )
+from ._status import RunStatus, summarize, update
 
 log = structlog.get_logger("jetlane.runner")
 
@@ -67,6 +70,7 @@ class RunnerConfig:
     cache_size: int = 2000
     max_payload: int = DEFAULT_MAX_PAYLOAD
     max_ack_pending: int = 20000
+    index: bool = True
 
 
 class _Handback(Exception):
@@ -106,6 +110,7 @@ class Runner:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cache: OrderedDict[str, Replay] = OrderedDict()
         self._fast: dict[str, asyncio.TimerHandle] = {}
+        self._summaries: dict[str, RunStatus] = {}
         self._stopping = asyncio.Event()
         self._slot = asyncio.Event()
         self.ready = asyncio.Event()
@@ -221,8 +226,14 @@ class Runner:
         except Exception:
             log.exception("advance crashed; will retry", run_id=run_id)
         finally:
-            if outcome != "done":
-                self._evict(run_id)
+            summary = self._summaries.get(run_id)
+            if summary is not None and self.config.index:
+                try:
+                    await self.log.put_index(run_id, record(summary))
+                except Exception as exc:
+                    log.info("run index write failed", run_id=run_id, error=str(exc))
+            if run_id not in self._cache:
+                self._evict(run_id)  # only a parked run stays cached
             if session.lease is not None:
                 with contextlib.suppress(Exception):
                     await self.log.release(run_id, session.lease)
@@ -271,6 +282,11 @@ class Runner:
                 return "done"
             job = self.jobs.get(start.job)
             if job is None:
+                if self.config.index:
+                    queued = summarize(run_id, history)
+                    if queued is not None and queued.status == "queued":
+                        queued.detail = None
+                        await self.log.put_index(run_id, record(queued))
                 log.info(
                     "no such job on this runner; leaving the run for one that has it",
                     run_id=run_id,
@@ -280,6 +296,9 @@ class Runner:
             replay = Replay(job, run_id, plugins=self.plugins, max_payload=self.config.max_payload)
             for msg_ in history:
                 replay.ingest(msg_)
+            self._summaries[run_id] = summarize(run_id, history) or RunStatus(
+                run_id=run_id, job=start.job, status="queued"
+            )
         while True:
             decision = await self._drive(replay)
             if isinstance(decision, Blocked):
@@ -307,7 +326,7 @@ class Runner:
             replay.close()
             return None
         for msg in tail:
-            replay.ingest(msg)
+            self._ingest(replay, msg)
         return replay
 
     async def _ingest_tail(self, replay: Replay) -> bool:
@@ -319,8 +338,16 @@ class Runner:
                     raise FenceLost("the journal has entries this runner did not write")
             else:
                 fresh = True
-            replay.ingest(msg)
+            self._ingest(replay, msg)
         return fresh
+
+    def _ingest(self, replay: Replay, msg: h.Message) -> None:
+        if msg.direction == "out" and msg.seq <= replay.out_seq:
+            return  # our own append, already applied
+        replay.ingest(msg)
+        summary = self._summaries.get(replay.run_id)
+        if summary is not None:
+            update(summary, msg)
 
     async def _drive(self, replay: Replay) -> Decision:
         reply: Any = None
@@ -340,7 +367,13 @@ class Runner:
         run_id = replay.run_id
         for effect in outbox:
             if isinstance(effect, Append):
-                replay.appended(await self.log.append(run_id, effect.body, replay.out_seq))
+                seq = await self.log.append(run_id, effect.body, replay.out_seq)
+                replay.appended(seq)
+                summary = self._summaries.get(run_id)
+                if summary is not None:
+                    kind = h.kind_of(effect.body)
+                    now = format_time(datetime.now(UTC))
+                    update(summary, h.Message(seq, run_id, "out", kind, effect.body, now))
             elif isinstance(effect, Schedule):
                 await self.log.schedule(run_id, effect.token, effect.fire_at, effect.body)
             elif isinstance(effect, Unschedule):
@@ -385,11 +418,13 @@ class Runner:
         while len(self._cache) > self.config.cache_size:
             _, old = self._cache.popitem(last=False)
             old.close()
+            self._summaries.pop(old.run_id, None)
             handle = self._fast.pop(old.run_id, None)
             if handle is not None:
                 handle.cancel()
 
     def _evict(self, run_id: str) -> None:
+        self._summaries.pop(run_id, None)
         replay = self._cache.pop(run_id, None)
         if replay is not None:
             replay.close()

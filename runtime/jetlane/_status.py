@@ -67,6 +67,14 @@ def summarize(run_id: str, messages: Iterable[h.Message]) -> RunStatus | None:
     return state
 
 
+def update(state: RunStatus, msg: h.Message) -> None:
+    """Advance ``state`` by one more message of the run's history (what ``summarize`` does)."""
+    state.updated_at = msg.time or state.updated_at
+    state.history_length += 1
+    if msg.direction == "out" and state.status not in TERMINAL_STATUSES:
+        _apply(state, msg.body)
+
+
 def _apply(state: RunStatus, body: Any) -> None:
     if isinstance(body, h.ValuesRecorded | h.TimerSet):
         # A timer_set follows the entry that explains it (step_failed, wait_started)
