@@ -383,3 +383,26 @@ async def test_context_values_are_recorded_once(client: Client, start_runner: St
         recorded[0].values[2],
     ]
     assert out[4] == "v1/nap"
+
+
+async def test_cancel_stops_a_long_chain_of_steps(
+    client: Client, start_runner: StartRunner
+) -> None:
+    async def chain(ctx: Context) -> None:
+        for _ in range(200):
+            await step.do("link", lambda: asyncio.sleep(0.02))
+
+    await start_runner([define_job(name="chain", handler=chain, register=False)])
+    await client.start("chain", run_id="ch1")
+
+    async def some_done() -> bool:
+        return (await kinds(client, "ch1")).count("step_completed") >= 3
+
+    await eventually(some_done, what="a few links")
+    assert await client.cancel("ch1", reason="stop")
+    with pytest.raises(RunFailedError) as info:
+        await client.result("ch1", timeout=10)
+    assert info.value.status == "cancelled"
+    done = await kinds(client, "ch1")
+    assert done[-1] == "run_cancelled"
+    assert done.count("step_completed") < 200

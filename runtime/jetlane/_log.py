@@ -379,6 +379,11 @@ class Log:
             durable=self.names.consumer, stream=self.names.stream
         )
 
+    async def consumer_pending(self) -> int:
+        """Deliveries waiting plus in flight on the runners' consumer."""
+        info = await self.js.consumer_info(self.names.stream, self.names.consumer)
+        return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+
     # -- writing --------------------------------------------------------------
 
     async def _publish(self, subject: str, data: bytes, headers: dict[str, str]) -> _Ack:

@@ -41,6 +41,7 @@ from ._durations import format_time
 from ._errors import DecodeError, InputError, JetlaneError
 from ._index import record
 from ._log import FenceLost, Log
+from ._metrics import RunnerMetrics
 from ._replay import (
     DEFAULT_MAX_PAYLOAD,
     Append,
@@ -100,6 +101,7 @@ class Runner:
         plugins: Mapping[str, Any] | Plugins | None = None,
         config: RunnerConfig | None = None,
         runner_id: str | None = None,
+        metrics: RunnerMetrics | None = None,
     ) -> None:
         self.log = log_
         self.jobs = dict(registry() if jobs is None else jobs)
@@ -111,6 +113,8 @@ class Runner:
         self._cache: OrderedDict[str, Replay] = OrderedDict()
         self._fast: dict[str, asyncio.TimerHandle] = {}
         self._summaries: dict[str, RunStatus] = {}
+        self.metrics = metrics or RunnerMetrics()
+        self._job_metrics: dict[str, tuple[Any, Any, Any, Any, Any]] = {}
         self._stopping = asyncio.Event()
         self._slot = asyncio.Event()
         self.ready = asyncio.Event()
@@ -202,6 +206,7 @@ class Runner:
     async def _dead_letter(self, msg: Msg, run_id: str, seq: int, reason: str) -> None:
         log.warning("dead-lettered input", run_id=run_id, seq=seq, reason=reason)
         self.stats["dead_lettered"] += 1
+        self.metrics.dead_letters.inc()
         try:
             await self.log.dead_letter(run_id, seq, msg.subject, reason, msg.data)
         except Exception as exc:
@@ -218,6 +223,7 @@ class Runner:
             outcome = await self._advance(session)
         except FenceLost:
             self.stats["fence_lost"] += 1
+            self.metrics.fence_conflicts.inc()
             log.info("fence lost; another runner advanced the run", run_id=run_id)
         except (asyncio.CancelledError, _Handback):
             outcome = "handback"
@@ -293,14 +299,20 @@ class Runner:
                     job=start.job,
                 )
                 return "retry"
+            t0 = time.perf_counter()
             replay = Replay(job, run_id, plugins=self.plugins, max_payload=self.config.max_payload)
             for msg_ in history:
                 replay.ingest(msg_)
+            self.metrics.history_length.observe(len(history))
             self._summaries[run_id] = summarize(run_id, history) or RunStatus(
                 run_id=run_id, job=start.job, status="queued"
             )
+            replaying = t0
+        else:
+            replaying = None
         while True:
-            decision = await self._drive(replay)
+            decision = await self._drive(replay, session, replaying)
+            replaying = None
             if isinstance(decision, Blocked):
                 log.warning(
                     "run blocked", run_id=run_id, step=decision.step, error=decision.error.message
@@ -309,6 +321,10 @@ class Runner:
                 return "retry"
             if isinstance(decision, Finished):
                 replay.close()
+                status = {h.RunCompleted: "completed", h.RunFailed: "failed"}.get(
+                    type(decision.entry), "cancelled"
+                )
+                self.metrics.runs_ended.labels(replay.job.name, status).inc()
                 return "done"
             # Park: read the log to its end first; an input may have come meanwhile.
             assert isinstance(decision, Park)
@@ -349,13 +365,29 @@ class Runner:
         if summary is not None:
             update(summary, msg)
 
-    async def _drive(self, replay: Replay) -> Decision:
+    async def _drive(
+        self, replay: Replay, session: _Session, replaying: float | None = None
+    ) -> Decision:
         reply: Any = None
+        seen = len(session.deliveries)
         while True:
             decision = await replay.next(reply)
+            if replaying is not None:
+                # A full replay ends at the first decision: the frontier.
+                self.metrics.replay_seconds.observe(time.perf_counter() - replaying)
+                replaying = None
             await self._flush(replay)
             if not isinstance(decision, Execute):
                 return decision
+            if len(session.deliveries) > seen:
+                # An input arrived while the run was moving: a cancel must stop a long
+                # chain of steps before the next one starts, not at the next park.
+                seen = len(session.deliveries)
+                await self._ingest_tail(replay)
+                if replay.cancel_pending:
+                    decision = await replay.next(None)
+                    await self._flush(replay)
+                    return decision
             if self._stopping.is_set():
                 # Draining: finish the step in flight, start no new one; another runner
                 # continues from the log.
@@ -367,6 +399,8 @@ class Runner:
         run_id = replay.run_id
         for effect in outbox:
             if isinstance(effect, Append):
+                if isinstance(effect.body, h.StepFailed) and effect.body.retry_at is not None:
+                    self._for_job(replay.job.name)[4].inc()
                 seq = await self.log.append(run_id, effect.body, replay.out_seq)
                 replay.appended(seq)
                 summary = self._summaries.get(run_id)
@@ -400,6 +434,10 @@ class Runner:
             error = exc
         duration = (time.perf_counter() - t0) * 1000
         self.stats["steps"] += 1
+        started_c, completed_c, failed_c, seconds_h, _ = self._for_job(replay.job.name)
+        started_c.inc()
+        (completed_c if error is None else failed_c).inc()
+        seconds_h.observe(duration / 1000)
         if error is not None:
             log.info(
                 "step attempt failed",
@@ -410,6 +448,19 @@ class Runner:
                 error=f"{type(error).__name__}: {error}",
             )
         return Outcome(started_at=started, duration_ms=duration, result=result, error=error)
+
+    def _for_job(self, job: str) -> tuple[Any, Any, Any, Any, Any]:
+        children = self._job_metrics.get(job)
+        if children is None:
+            m = self.metrics
+            children = self._job_metrics[job] = (
+                m.steps_started.labels(job),
+                m.steps_completed.labels(job),
+                m.steps_failed.labels(job),
+                m.step_seconds.labels(job),
+                m.retries.labels(job),
+            )
+        return children
 
     # -- parked runs: cache and in-memory timers ------------------------------
 
@@ -463,8 +514,16 @@ class Runner:
 
     async def _heartbeat(self) -> None:
         interval = max(min(self.config.ack_wait, self.log.lease_ttl) / 3, 0.05)
+        last_pending = 0.0
         while True:
             await asyncio.sleep(interval)
+            self.metrics.sessions.set(len(self._tasks))
+            self.metrics.cached.set(len(self._cache))
+            now = time.monotonic()
+            if now - last_pending >= 5.0:
+                last_pending = now
+                with contextlib.suppress(Exception):
+                    self.metrics.pending.set(await self.log.consumer_pending())
             for session in list(self._sessions.values()):
                 for msg in session.deliveries:
                     with contextlib.suppress(Exception):
