@@ -593,3 +593,21 @@ async def test_an_input_type_changed_under_a_running_run_blocks_it() -> None:
     assert isinstance(blocked, Blocked) and blocked.step == "a"
     assert "does not fit" in blocked.error.message
     assert d.kinds[-1] == "run_blocked"
+
+
+async def test_values_read_in_another_order_block_the_run() -> None:
+    async def first(ctx: Context) -> None:
+        ctx.uuid()
+        await step.sleep("nap", 60)
+
+    async def reordered(ctx: Context) -> None:
+        ctx.random()
+        await step.sleep("nap", 60)
+
+    d = Driver(job_of(first))
+    assert isinstance(await d.advance(), Park)
+    d.job = job_of(reordered)
+    await d.crash()
+    blocked = await d.advance()
+    assert isinstance(blocked, Blocked) and blocked.step == "nap"
+    assert "ctx.random()" in blocked.error.message and "value #1" in blocked.error.message

@@ -79,15 +79,39 @@ class Context:
 
     def now(self) -> datetime:
         """The current UTC time, recorded on first call and replayed after."""
-        return parse_time(self._replay.value(lambda: format_time(self._replay.now())))
+        return self._replay.value(  # type: ignore[no-any-return]
+            lambda: format_time(self._replay.now()), _parse_now, "ctx.now()"
+        )
 
     def uuid(self) -> uuid.UUID:
         """A random UUID4, recorded on first call and replayed after."""
-        return uuid.UUID(self._replay.value(lambda: _uuid4(self._replay.entropy)))
+        return self._replay.value(  # type: ignore[no-any-return]
+            lambda: _uuid4(self._replay.entropy), _parse_uuid, "ctx.uuid()"
+        )
 
     def random(self) -> float:
         """A float in [0, 1), recorded on first call and replayed after."""
-        return float(self._replay.value(lambda: _random.Random(self._replay.entropy(16)).random()))
+        return self._replay.value(  # type: ignore[no-any-return]
+            lambda: _random.Random(self._replay.entropy(16)).random(), _parse_random, "ctx.random()"
+        )
+
+
+def _parse_now(value: Any) -> datetime:
+    if not isinstance(value, str):
+        raise TypeError("not a time")
+    return parse_time(value)
+
+
+def _parse_uuid(value: Any) -> uuid.UUID:
+    if not isinstance(value, str):
+        raise TypeError("not a uuid")
+    return uuid.UUID(value)
+
+
+def _parse_random(value: Any) -> float:
+    if not isinstance(value, float):
+        raise TypeError("not a float")
+    return value
 
 
 def _uuid4(entropy: Any) -> str:

@@ -459,15 +459,28 @@ class Replay:
         self.current_step = step
         return step
 
-    def value(self, make: Callable[[], Any]) -> Any:
-        """A recorded value (``ctx.now/uuid/random``): made once, replayed after."""
-        if self._value_pos < len(self._values):
-            result = self._values[self._value_pos]
+    def value(self, make: Callable[[], Any], parse: Callable[[Any], Any], call: str) -> Any:
+        """A recorded value (``ctx.now/uuid/random``): made once, replayed after.
+
+        ``parse`` turns the recorded JSON value back into what ``call`` returns; a
+        recorded value it cannot parse was made by another call, so the code changed.
+        """
+        index = self._value_pos
+        if index < len(self._values):
+            recorded = self._values[index]
         else:
-            result = make()
-            self._new_values.append(result)
+            recorded = make()
+            self._new_values.append(recorded)
         self._value_pos += 1
-        return result
+        try:
+            return parse(recorded)
+        except (TypeError, ValueError):
+            step = self.current_step or (self._order[0] if self._order else "(start)")
+            raise _Blocked(
+                step,
+                f"recorded value #{index + 1} is {recorded!r}, which {call} did not make; "
+                "ctx.now()/uuid()/random() are matched by call order" + _ADVICE,
+            ) from None
 
     def now(self) -> datetime:
         return self.clock()
