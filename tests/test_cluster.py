@@ -216,13 +216,6 @@ def _acked_after(acks: list[float], when: float) -> Any:
     return check
 
 
-@pytest.mark.xfail(
-    reason="Log._direct_batches treats any non-204 status (503 no responders while a stream "
-    "has no leader, or no stream) as the end of the history: read() returns [] instead of "
-    "raising, so Client.status/result raise RunNotFound for a run that exists and the runner "
-    "dead-letters (and terms) a live run's input as 'has no start' (seen in the cluster test)",
-    strict=True,
-)
 async def test_history_read_with_no_responder_raises(log: Log, client: Client) -> None:
     await client.start("steady", {"n": 1}, run_id="exists")
     assert len(await log.read("exists")) == 1

@@ -557,6 +557,8 @@ class Log:
             self._direct, msgspec.json.encode({"last_by_subj": self.names.inbox(run_id)})
         )
         status = (reply.headers or {}).get("Status")
+        if status not in (None, "404"):
+            raise JetlaneError(f"existence check failed: status {status}")
         return status is None
 
     async def read(self, run_id: str, after: int = 0) -> list[h.Message]:
@@ -580,7 +582,7 @@ class Log:
                 yield raw
             headers = batch.end.headers or {}
             if headers.get("Status") != "204" or not batch.messages:
-                return
+                return  # 404: nothing (more) on the subject
             if int(headers.get("Nats-Num-Pending", "0")) == 0:
                 return
             seq = int(headers.get("Nats-Last-Sequence", "0")) + 1
@@ -598,6 +600,12 @@ class Log:
             end = await asyncio.wait_for(pending.done, self.timeout)
         finally:
             self._reads.pop(token, None)
+        status = (end.headers or {}).get("Status")
+        if status not in ("204", "404"):
+            # 503 no responders (leader election, JetStream down), 408, ...: the read
+            # did not happen. Never let that pass for an empty history.
+            description = (end.headers or {}).get("Description", "")
+            raise JetlaneError(f"history read failed: status {status} {description}".strip())
         return _Batch(pending.messages, end)
 
     async def _ensure_reader(self) -> None:

@@ -301,6 +301,11 @@ class Replay:
         if self._task is None:
             if self.start is None:
                 raise RuntimeError(f"run {self.run_id} has no start message")
+            size = len(msgspec.json.encode(self.start.input))
+            if size > self.max_payload:
+                # A raw publisher may send what the client refuses; never run with it.
+                too_big = PayloadTooLarge(f"input is {size} bytes; {self._limit_text()}")
+                return self._finish(h.RunFailed(error=_info(too_big)))
             try:
                 value = self.job.convert_input(self.start.input)
             except InputError as exc:
@@ -593,7 +598,7 @@ class Replay:
             started: h.WaitStarted | None = None
             for entry in entries:
                 if isinstance(entry, h.EventReceived):
-                    return self._event_at[entry.input_seq].payload
+                    return self._payload(step, entry.input_seq)
                 if isinstance(entry, h.WaitTimedOut):
                     raise EventTimeout(step, type)
                 if isinstance(entry, h.WaitStarted):
@@ -606,7 +611,7 @@ class Replay:
                 self._emit(h.EventReceived(step=step, type=type, input_seq=event_seq))
                 if started is not None:
                     self.outbox.append(Unschedule(token))
-                return self._event_at[event_seq].payload
+                return self._payload(step, event_seq)
             if fired is not None:
                 self._emit(h.WaitTimedOut(step=step, type=type, input_seq=fired))
                 raise EventTimeout(step, type)
@@ -620,6 +625,16 @@ class Replay:
             else:
                 fire_at = parse_time(started.timeout_at)
             await self._park(step, token, fire_at, h.Timer(token, step, "wait_timeout"))
+
+    def _payload(self, step: str, seq: int) -> Any:
+        """The payload of the event a wait took; one over the size limit fails the step."""
+        payload = self._event_at[seq].payload
+        size = len(msgspec.json.encode(payload))
+        if size > self.max_payload:
+            # Decided from the log alone, so a replay raises the same error again.
+            message = f"event payload for step {step!r} is {size} bytes; {self._limit_text()}"
+            raise StepFailed(step, 1, "PayloadTooLarge", message)
+        return payload
 
     async def _park(self, step: str, token: str, fire_at: datetime, body: h.Timer) -> None:
         rearm = token not in self._armed
