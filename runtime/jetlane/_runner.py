@@ -234,6 +234,7 @@ class Runner:
         finally:
             summary = self._summaries.get(run_id)
             if summary is not None and self.config.index:
+                summary.updated_at = format_time(datetime.now(UTC))
                 try:
                     await self.log.put_index(run_id, record(summary))
                 except Exception as exc:
@@ -405,9 +406,8 @@ class Runner:
                 replay.appended(seq)
                 summary = self._summaries.get(run_id)
                 if summary is not None:
-                    kind = h.kind_of(effect.body)
-                    now = format_time(datetime.now(UTC))
-                    update(summary, h.Message(seq, run_id, "out", kind, effect.body, now))
+                    # No timestamp per step: the session stamps updated_at once, at its end.
+                    update(summary, h.Message(seq, run_id, "out", "", effect.body))
             elif isinstance(effect, Schedule):
                 await self.log.schedule(run_id, effect.token, effect.fire_at, effect.body)
             elif isinstance(effect, Unschedule):
