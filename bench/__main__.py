@@ -80,7 +80,10 @@ async def suite(settings: Settings, url: str) -> Bench:
     for name, run in [("floor", floor.run), *((w, WORKLOADS[w]) for w in chosen)]:
         t0 = time.perf_counter()
         print(f"{name} ...", flush=True)
-        await run(bench)
+        try:
+            await run(bench)
+        except Exception as exc:  # report what was measured; say what failed
+            bench.note(f"{name} failed: {type(exc).__name__}: {exc}")
         print(f"{name} done in {time.perf_counter() - t0:.1f} s", flush=True)
     return bench
 
@@ -117,6 +120,13 @@ def main(argv: list[str] | None = None) -> int:
         summary = _profile.summarize(profiler)
         profiles[label] = {"tree": tree.name, **summary}
         print(_profile.render(label, summary))
+    for label, collapsed in bench.spy.items():
+        kept = settings.results / f"{stamp}-pyspy-{label}.txt"
+        if collapsed.exists():
+            kept.write_text(collapsed.read_text())
+        summary = _profile.summarize_collapsed(kept)
+        profiles[f"pyspy-{label}"] = {"tree": kept.name, **summary}
+        print(_profile.render(f"py-spy {label} (runner process)", summary))
     data = _report.record(bench, {**meta, "profiles": profiles})
     path = settings.results / f"{stamp}.json"
     path.write_text(_report.dump(data))

@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import itertools
 import os
+import signal
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
@@ -52,6 +54,7 @@ class Bench:
     settings: Settings
     figures: list[Figure] = field(default_factory=list)
     profiles: dict[str, Any] = field(default_factory=dict)
+    spy: dict[str, Path] = field(default_factory=dict)  # py-spy collapsed stacks by label
     notes: list[str] = field(default_factory=list)
     tag: str = ""
 
@@ -99,7 +102,7 @@ class Bench:
             return
         from pyinstrument import Profiler
 
-        profiler = Profiler(interval=0.0005, async_mode="disabled")
+        profiler = Profiler(interval=0.001, async_mode="disabled")
         profiler.start()
         try:
             yield
@@ -128,7 +131,7 @@ async def runner(
 class RunnerProcess:
     """A runner in a process of its own (``python -m bench.runner_proc``)."""
 
-    def __init__(self, bench: Bench, names: Names, **config: Any) -> None:
+    def __init__(self, bench: Bench, names: Names, label: str = "", **config: Any) -> None:
         args = [
             sys.executable,
             "-m",
@@ -143,6 +146,9 @@ class RunnerProcess:
             *args, cwd=ROOT, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE
         )
         self.proc: asyncio.subprocess.Process | None = None
+        self.bench = bench
+        self.label = label
+        self.spy: asyncio.subprocess.Process | None = None
 
     async def start(self) -> RunnerProcess:
         self.proc = await self.process
@@ -150,9 +156,22 @@ class RunnerProcess:
         line = await asyncio.wait_for(self.proc.stdout.readline(), 30)
         if line.strip() != b"ready":
             raise RuntimeError(f"runner process did not start: {line!r}")
+        if self.bench.settings.profile and self.label:
+            # py-spy samples the runner process (--profile); collapsed stacks, summarized later
+            out = Path(tempfile.mkdtemp(prefix="bench-spy-")) / f"{self.label}.txt"
+            spy = Path(sys.executable).parent / "py-spy"
+            self.spy = await asyncio.create_subprocess_exec(
+                str(spy), "record", "--pid", str(self.proc.pid), "--format", "raw",
+                "--rate", "250", "--output", str(out), "--nonblocking",
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+            self.bench.spy[self.label] = out
         return self
 
     async def stop(self) -> None:
+        if self.spy is not None and self.spy.returncode is None:
+            self.spy.send_signal(signal.SIGINT)
+            await asyncio.wait_for(self.spy.wait(), 30)
         if self.proc is None or self.proc.returncode is not None:
             return
         self.proc.terminate()

@@ -66,7 +66,8 @@ def summarize(profiler: Any, top: int = 15) -> dict[str, Any]:
 
     def walk(frame: Any, open_labels: frozenset[str]) -> None:
         label = _label(frame)
-        self_time[label] += float(frame.total_self_time)
+        if not frame.is_synthetic:  # synthetic "[self]" leaves are counted in total_self_time
+            self_time[label] += float(frame.total_self_time)
         if label in WATCH and label not in open_labels:
             inclusive[label] += float(frame.time)  # outermost occurrence only
             open_labels = open_labels | {label}
@@ -94,3 +95,37 @@ def render(label: str, summary: dict[str, Any]) -> str:
     lines.append("  inclusive %: " + ", ".join(f"{n} {p}" for n, p in summary["inclusive"]))
     lines.append("  self %:      " + ", ".join(f"{n} {p}" for n, p in summary["self"]))
     return "\n".join(lines)
+
+
+def summarize_collapsed(path: Path, top: int = 15) -> dict[str, Any]:
+    """The same summary from py-spy's collapsed stacks (``frame;frame;... count`` lines)."""
+    self_time: dict[str, float] = defaultdict(float)
+    inclusive: dict[str, float] = defaultdict(float)
+    total = 0
+    text = path.read_text() if path.exists() else ""
+    for line in text.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        labels = []
+        for frame in stack.split(";"):
+            # "function (path/file.py:123)"
+            function, _, where = frame.partition(" (")
+            method = function.removesuffix(".<locals>.<genexpr>").rsplit(".", 1)[-1]
+            labels.append(f"{Path(where.split(':')[0]).name}:{method}")
+        self_time[labels[-1]] += count
+        for label in set(labels):
+            if label in WATCH:
+                inclusive[label] += count
+    total_f = float(total) or 1e-9
+    by_self = sorted(self_time.items(), key=lambda kv: -kv[1])[:top]
+    return {
+        "samples": total,
+        "total_s": round(total / 250, 3),
+        "self": [(name, round(100 * t / total_f, 1)) for name, t in by_self],
+        "inclusive": [
+            (name, round(100 * inclusive[name] / total_f, 1)) for name in WATCH if name in inclusive
+        ],
+    }

@@ -12,7 +12,7 @@ from typing import Any
 
 from jetlane.embedded import server_binary
 
-from ._harness import Bench
+from ._harness import ROOT, Bench
 from ._stats import Figure
 
 
@@ -72,7 +72,18 @@ def machine(load: dict[str, list[float]]) -> dict[str, Any]:
             model = next((ln.split(":", 1)[1].strip() for ln in info if "model name" in ln), "")
     except OSError:
         pass
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], capture_output=True, text=True, timeout=10, cwd=ROOT
+            ).stdout.strip()
+        except Exception:
+            return ""
+
     return {
+        "git_commit": git("rev-parse", "--short", "HEAD"),
+        "runtime_uncommitted": git("status", "--porcelain", "runtime").splitlines(),
         "cpus": os.cpu_count(),
         "cpu_model": model,
         "platform": platform.platform(),

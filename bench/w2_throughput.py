@@ -66,7 +66,10 @@ async def run(bench: Bench) -> None:
         log = await bench.open_log(names)  # the stream exists before the runners race for it
         await log.close()
         started = [
-            await RunnerProcess(bench, names, concurrency=concurrency).start() for _ in range(procs)
+            await RunnerProcess(
+                bench, names, f"W2-{procs}proc-{i}", concurrency=concurrency
+            ).start()
+            for i in range(procs)
         ]
         try:
             await _measure(bench, names, fig, runs, f"W2-{procs}proc-client")
