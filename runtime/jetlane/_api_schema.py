@@ -1,0 +1,282 @@
+"""The HTTP API's bodies as msgspec Structs, and the OpenAPI document built from them.
+
+Request bodies are decoded straight into these Structs, so the schema the
+document publishes is the one the server enforces: a field that does not fit
+is refused by the decoder, which names it. Unknown fields are refused too (a
+misspelt ``id`` would otherwise start a run under a random one).
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Annotated, Any, Final
+
+import msgspec
+
+from ._status import RunStatus, Status
+
+# ECMA-262 patterns (what JSON Schema speaks); the client's fullmatch checks stay the backstop.
+RUN_ID_PATTERN: Final = "^[A-Za-z0-9_-]{1,128}$"
+JOB_PATTERN: Final = "^[A-Za-z0-9_.:-]{1,128}$"
+EVENT_ID_PATTERN: Final = "^[A-Za-z0-9_.:-]{1,128}$"
+
+RunId = Annotated[str, msgspec.Meta(pattern=RUN_ID_PATTERN, description="1-128 of A-Z a-z 0-9 _ -")]
+JobName = Annotated[
+    str, msgspec.Meta(pattern=JOB_PATTERN, description="1-128 of A-Z a-z 0-9 _ . : -")
+]
+
+
+class _Body(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class StartRequest(_Body):
+    """Start a run of ``job`` with ``input``; ``id`` makes the start create-once."""
+
+    job: JobName
+    input: Any = None
+    id: RunId | None = None
+
+
+class StartResponse(msgspec.Struct, kw_only=True):
+    id: str
+    status: Status
+
+
+class EventRequest(_Body):
+    """An event for a run; ``event_id`` dedupes resends for the stream's duplicate window."""
+
+    run_id: RunId
+    type: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    payload: Any = None
+    event_id: Annotated[str, msgspec.Meta(pattern=EVENT_ID_PATTERN)] | None = None
+
+
+class EventAccepted(msgspec.Struct, kw_only=True):
+    run_id: str
+    type: str
+
+
+class CancelRequest(_Body):
+    reason: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
+
+
+class CancelAccepted(msgspec.Struct, kw_only=True):
+    run_id: str
+    cancelled: bool
+
+
+class RunPage(msgspec.Struct, kw_only=True):
+    """One page of runs, newest first; pass ``next_cursor`` as ``cursor`` for the next."""
+
+    runs: list[RunStatus]
+    next_cursor: str | None
+
+
+class HistoryEntry(msgspec.Struct, kw_only=True):
+    """One message of a run's log (the wire protocol's kinds; ``body`` as the README lists)."""
+
+    seq: int
+    run_id: str
+    direction: str
+    kind: str
+    time: str
+    body: Any
+
+
+class ErrorDetail(msgspec.Struct, kw_only=True, omit_defaults=True):
+    type: str
+    message: str
+    field: str | None = None
+
+
+class ErrorBody(msgspec.Struct, kw_only=True):
+    error: ErrorDetail
+
+
+class Health(msgspec.Struct, kw_only=True):
+    status: str
+
+
+_MODELS: Final = (
+    StartRequest,
+    StartResponse,
+    EventRequest,
+    EventAccepted,
+    CancelRequest,
+    CancelAccepted,
+    RunStatus,
+    RunPage,
+    HistoryEntry,
+    ErrorBody,
+    Health,
+)
+_REF: Final = "#/components/schemas/{name}"
+
+
+def _ref(model: type[Any]) -> dict[str, Any]:
+    return {"$ref": _REF.format(name=model.__name__)}
+
+
+def _json(model: type[Any] | dict[str, Any], description: str) -> dict[str, Any]:
+    schema = model if isinstance(model, dict) else _ref(model)
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {
+        400: "malformed JSON",
+        401: "missing or wrong bearer token",
+        404: "not found",
+        409: "conflict",
+        413: "body over the size limit",
+        422: "a field does not fit; `error.field` names it",
+        503: "the message log is unreachable",
+    }
+    return {str(code): _json(ErrorBody, text[code]) for code in codes}
+
+
+def _body(model: type[Any], *, required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {"application/json": {"schema": _ref(model)}}}
+
+
+_ID_PARAM: Final = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": RUN_ID_PATTERN},
+}
+
+
+def _op(summary: str, responses: dict[str, Any], *, secured: bool, **extra: Any) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": responses, **extra}
+    if secured:
+        op["security"] = [{"bearer": []}]
+        op["responses"] = {**responses, **_errors(401)}
+    return op
+
+
+def openapi(*, secured: bool, version: str) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the API (``secured``: a bearer token is configured)."""
+    _, components = msgspec.json.schema_components(_MODELS, ref_template=_REF)
+    s = secured
+    paths: dict[str, Any] = {
+        "/runs": {
+            "post": _op(
+                "Start a run",
+                {
+                    "201": _json(StartResponse, "the run is created (queued for a runner)"),
+                    **_errors(400, 404, 409, 413, 422, 503),
+                },
+                secured=s,
+                requestBody=_body(StartRequest),
+                description="404: no runner serves the job. 409: a run with this id exists. "
+                "422: a field is invalid or the input does not fit the job's input type.",
+            ),
+            "get": _op(
+                "List runs, newest first",
+                {"200": _json(RunPage, "one page of runs"), **_errors(422, 503)},
+                secured=s,
+                parameters=[
+                    {"name": "job", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "schema": {"type": "string", "enum": sorted(typing.get_args(Status))},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50},
+                    },
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                ],
+            ),
+        },
+        "/runs/events": {
+            "post": _op(
+                "Send an event to a run",
+                {
+                    "202": _json(EventAccepted, "the event is in the run's mailbox"),
+                    **_errors(400, 404, 413, 422, 503),
+                },
+                secured=s,
+                requestBody=_body(EventRequest),
+            )
+        },
+        "/runs/{id}": {
+            "get": _op(
+                "A run's status",
+                {"200": _json(RunStatus, "what the run is doing"), **_errors(404, 422, 503)},
+                secured=s,
+                parameters=[_ID_PARAM],
+            )
+        },
+        "/runs/{id}/history": {
+            "get": _op(
+                "A run's log; with `Accept: text/event-stream`, followed live until the run ends",
+                {
+                    "200": {
+                        "description": "the log (JSON), or Server-Sent Events: `id` is the "
+                        "message's stream sequence, `event` its kind, `data` the entry as JSON",
+                        "content": {
+                            "application/json": {
+                                "schema": {"type": "array", "items": _ref(HistoryEntry)}
+                            },
+                            "text/event-stream": {"schema": {"type": "string"}},
+                        },
+                    },
+                    **_errors(404, 422, 503),
+                },
+                secured=s,
+                parameters=[
+                    _ID_PARAM,
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "description": "resume a stream after this sequence",
+                        "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"},
+                    },
+                ],
+            )
+        },
+        "/runs/{id}/cancel": {
+            "post": _op(
+                "Cancel a run",
+                {
+                    "202": _json(CancelAccepted, "the cancel is in the run's mailbox"),
+                    **_errors(400, 404, 409, 413, 422, 503),
+                },
+                secured=s,
+                parameters=[_ID_PARAM],
+                requestBody=_body(CancelRequest, required=False),
+                description="409: the run has already ended.",
+            )
+        },
+        "/openapi.json": {
+            "get": _op(
+                "This document",
+                {"200": _json({"type": "object"}, "the OpenAPI document")},
+                secured=False,
+            )
+        },
+        "/healthz": {
+            "get": _op("The process is alive", {"200": _json(Health, "alive")}, secured=False)
+        },
+        "/readyz": {
+            "get": _op(
+                "Connected to NATS",
+                {"200": _json(Health, "ready"), **_errors(503)},
+                secured=False,
+            )
+        },
+    }
+    doc: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {"title": "jetlane", "version": version},
+        "paths": paths,
+        "components": {"schemas": components},
+    }
+    if secured:
+        doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    return doc
