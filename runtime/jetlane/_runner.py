@@ -418,13 +418,19 @@ class Runner:
         t0 = time.perf_counter()
         error: BaseException | None = None
         result: Any = None
+        scope: asyncio.Timeout | None = None
         try:
-            async with asyncio.timeout(ex.timeout) as scope:
+            if ex.timeout is None:
                 result = ex.fn()
                 if inspect.isawaitable(result):
                     result = await result
+            else:
+                async with asyncio.timeout(ex.timeout) as scope:
+                    result = ex.fn()
+                    if inspect.isawaitable(result):
+                        result = await result
         except TimeoutError as exc:
-            if scope.expired():
+            if scope is not None and scope.expired():
                 error = StepTimeout(
                     f"step {ex.step!r} attempt {ex.attempt} timed out after {ex.timeout:g}s"
                 )
