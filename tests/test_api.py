@@ -9,9 +9,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import hypothesis
 import msgspec
 import pytest
+import schemathesis
 import structlog
+from schemathesis import GenerationMode
 from starlette.routing import Route
 
 from jetlane import Client, ConnectOptions, Context, Log, Names, RunStatus, define_job, step
@@ -419,3 +422,56 @@ async def test_history_follows_live_over_sse(client: Client, start_runner: Start
         async with http.stream("GET", "/runs/live/history", headers=resume) as response:
             later = [json.loads(f["data"])["seq"] async for f in _sse(response)]
         assert later == [m.seq for m in history[-2:]]
+
+
+async def test_schemathesis_finds_no_server_errors(
+    client: Client, start_runner: StartRunner
+) -> None:
+    """Fuzz every operation of the published document over real HTTP: no response is a 5xx."""
+    await start_runner([GREET, APPROVAL])
+    await client.start("approval", run_id="fuzzed")  # a live run for ids the fuzzer may hit
+    token = "fuzz-token"
+    # Queueing unserved jobs lets random job names through to real starts (201).
+    async with (
+        served(client, token=token, queue_unserved=True) as url,
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        doc = (await http.get("/openapi.json")).json()
+        # The fuzzer is synchronous (requests + hypothesis): it runs in a thread while
+        # this loop serves it.
+        auth = {"Authorization": f"Bearer {token}"}
+        failures, seen = await asyncio.to_thread(_fuzz, doc, url, auth)
+    assert failures == [], "\n".join(failures)
+    # The fuzzer reached the handlers, not only the validation in front of them.
+    assert {200, 201, 202, 404, 422} <= seen, seen
+
+
+def _fuzz(doc: dict[str, Any], url: str, auth: dict[str, str]) -> tuple[list[str], set[int]]:
+    schema = schemathesis.openapi.from_dict(doc)
+    failures: list[str] = []
+    seen: set[int] = set()
+    strategies = [
+        schema.as_strategy(GenerationMode.POSITIVE),
+        schema.as_strategy(GenerationMode.NEGATIVE),
+        # Random ids almost never name a run: also aim every {id} at the live one.
+        schema.as_strategy(GenerationMode.POSITIVE, path_parameters={"id": "fuzzed"}),
+    ]
+    for strategy in strategies:
+
+        @hypothesis.settings(
+            max_examples=100,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            phases=[hypothesis.Phase.generate],
+            suppress_health_check=list(hypothesis.HealthCheck),
+        )
+        @hypothesis.given(case=strategy)
+        def check(case: schemathesis.Case[Any]) -> None:
+            response = case.call(base_url=url, headers=auth, timeout=10)
+            seen.add(response.status_code)
+            if response.status_code >= 500:
+                failures.append(f"{response.status_code}: {case.as_curl_command()}")
+
+        check()
+    return failures, seen
