@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import ipaddress
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -44,6 +46,13 @@ from jetlane._log import connect_nats
 from jetlane.embedded import EmbeddedNats
 
 from .conftest import eventually
+
+# Refused TLS/auth connects leave nats-py transports behind (see the module fixture below);
+# their ResourceWarnings surface in whichever later test the garbage collector runs.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::ResourceWarning"),
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+]
 
 PREFIX = "sec"
 STREAM = "SEC"
@@ -207,6 +216,15 @@ class Locked:
             reconnect=False,
         )
         return replace(base, **auth)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _collect_leaked_transports() -> Iterator[None]:
+    """Collect what refused connects left behind before other modules run."""
+    yield
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gc.collect()
 
 
 @pytest.fixture(scope="module")
