@@ -209,6 +209,14 @@ class _Read:
     done: asyncio.Future[Msg] | None = None
 
 
+def _millis(stamp: str) -> str:
+    """A server timestamp (RFC 3339, up to nanoseconds) cut to the journal's milliseconds."""
+    if not stamp.endswith("Z"):
+        return stamp
+    whole, _, frac = stamp[:-1].partition(".")
+    return f"{whole}.{(frac + '000')[:3]}Z"
+
+
 def _by_seq(msg: h.Message) -> int:
     return msg.seq
 
@@ -494,7 +502,9 @@ class Log:
     # -- run index (derived data: one last value per run) --------------------
 
     async def put_index(self, run_id: str, record: bytes) -> None:
-        await self._publish(self.names.index(run_id), record, {})
+        # Derived data: published without waiting for the stream's ack (a lost
+        # write is repaired by the run's next session or by a rebuild).
+        await self.nc.publish(self.names.index(run_id), record)
 
     async def read_index(self) -> list[bytes]:
         """The last index record of every run (batch direct get, ``multi_last``)."""
@@ -582,6 +592,10 @@ class Log:
             return inbox or journal
         return list(heapq.merge(inbox, journal, key=_by_seq))
 
+    async def read_inputs(self, run_id: str, after: int = 0) -> list[h.Message]:
+        """The run's inputs (its ``.in`` subject) after sequence ``after``."""
+        return await self._read_subject(self.names.inbox(run_id), after + 1)
+
     async def _read_subject(self, subject: str, start: int) -> list[h.Message]:
         return [self.decode(raw) async for raw in self._direct_batches(subject, start)]
 
@@ -664,7 +678,7 @@ class Log:
             direction=direction,
             kind=kind or "invalid",
             body=body,
-            time=headers.get("Nats-Time-Stamp", ""),
+            time=_millis(headers.get("Nats-Time-Stamp", "")),
         )
 
     async def tail(self, subject: str, start: int) -> AsyncIterator[h.Message]:

@@ -279,7 +279,7 @@ class Runner:
         if replay is not None:
             replay = await self._catch_up(replay)
         if replay is None:
-            history = await self.log.read(run_id)
+            history = await self._history(session)
             start = next((m.body for m in history if isinstance(m.body, h.Start)), None)
             if start is None:
                 for msg in session.deliveries:
@@ -337,6 +337,16 @@ class Runner:
             self._remember(replay)
             return "parked"
 
+    async def _history(self, session: _Session) -> list[h.Message]:
+        first = session.deliveries[0]
+        if len(session.deliveries) == 1 and first.metadata.num_delivered == 1:
+            start = self.log.decode_delivered(first)
+            if isinstance(start.body, h.Start):
+                # A start delivered for the first time: no runner has seen the run, so
+                # its journal is empty (create-once); only inputs may follow the start.
+                return [start, *await self.log.read_inputs(session.run_id, start.seq)]
+        return await self.log.read(session.run_id)
+
     async def _catch_up(self, replay: Replay) -> Replay | None:
         tail = await self.log.read(replay.run_id, replay.last_seq)
         if any(m.direction == "out" and m.seq > replay.out_seq for m in tail):
@@ -347,16 +357,15 @@ class Runner:
         return replay
 
     async def _ingest_tail(self, replay: Replay) -> bool:
-        tail = await self.log.read(replay.run_id, replay.last_seq)
-        fresh = False
+        """Read inputs that came while we held the run; True when there were any.
+
+        Only the inbox: the journal is ours while we hold the lease (the fence
+        catches anyone else at our next append, the next session's catch-up after).
+        """
+        tail = await self.log.read_inputs(replay.run_id, replay.last_seq)
         for msg in tail:
-            if msg.direction == "out":
-                if msg.seq > replay.out_seq:
-                    raise FenceLost("the journal has entries this runner did not write")
-            else:
-                fresh = True
             self._ingest(replay, msg)
-        return fresh
+        return bool(tail)
 
     def _ingest(self, replay: Replay, msg: h.Message) -> None:
         if msg.direction == "out" and msg.seq <= replay.out_seq:
