@@ -36,8 +36,8 @@ async def approval(ctx: Context, input: Any) -> Any:
     return await step.wait_for_event("approval", type="approve", timeout="1h")
 
 
-GREET = define_job(name="greet", handler=greet, register=False)
-APPROVAL = define_job(name="approval", handler=approval, register=False)
+GREET = define_job(name="api-greet", handler=greet, register=False)
+APPROVAL = define_job(name="api-approval", handler=approval, register=False)
 
 Api = Callable[..., Awaitable[httpx.AsyncClient]]
 
@@ -98,14 +98,16 @@ async def test_start_status_history_and_list(
 ) -> None:
     await start_runner([GREET])
     http = await api()
-    response = await http.post("/runs", json={"job": "greet", "input": {"name": "ada"}, "id": "g1"})
+    response = await http.post(
+        "/runs", json={"job": "api-greet", "input": {"name": "ada"}, "id": "g1"}
+    )
     assert response.status_code == 201
     assert response.json() == {"id": "g1", "status": "queued"}
     assert await client.result("g1", timeout=10) == "hi ada"
 
     status = await status_of(http, "g1")
     assert status["status"] == "completed" and status["output"] == "hi ada"
-    assert status["run_id"] == "g1" and status["job"] == "greet" and status["error"] is None
+    assert status["run_id"] == "g1" and status["job"] == "api-greet" and status["error"] is None
     assert msgspec.convert(status, RunStatus).done
 
     response = await http.get("/runs/g1/history")
@@ -114,17 +116,17 @@ async def test_start_status_history_and_list(
     assert [e["kind"] for e in entries] == ["start", "step_completed", "run_completed"]
     assert entries == [m.to_json() async for m in client.history("g1")]
 
-    anonymous = await http.post("/runs", json={"job": "greet", "input": {"name": "bo"}})
+    anonymous = await http.post("/runs", json={"job": "api-greet", "input": {"name": "bo"}})
     assert anonymous.status_code == 201
     run_id = anonymous.json()["id"]
     assert await client.result(run_id, timeout=10) == "hi bo"
 
     async def listed() -> bool:
-        page = (await http.get("/runs", params={"job": "greet", "status": "completed"})).json()
+        page = (await http.get("/runs", params={"job": "api-greet", "status": "completed"})).json()
         return {r["run_id"] for r in page["runs"]} == {"g1", run_id}
 
     await eventually(listed, what="both runs in the index")
-    page = (await http.get("/runs", params={"job": "greet"})).json()
+    page = (await http.get("/runs", params={"job": "api-greet"})).json()
     assert [r["run_id"] for r in page["runs"]] == [run_id, "g1"]  # newest first
     assert page["next_cursor"] is None
 
@@ -132,12 +134,12 @@ async def test_start_status_history_and_list(
 async def test_start_errors(api: Api, client: Client, start_runner: StartRunner) -> None:
     await start_runner([GREET])
     http = await api()
-    ok = {"job": "greet", "input": {"name": "ada"}, "id": "dup"}
+    ok = {"job": "api-greet", "input": {"name": "ada"}, "id": "dup"}
     assert (await http.post("/runs", json=ok)).status_code == 201
     response = await http.post("/runs", json=ok)
     assert response.status_code == 409 and error(response)["type"] == "RunAlreadyExists"
 
-    response = await http.post("/runs", json={"job": "greet", "input": {"name": 3}})
+    response = await http.post("/runs", json={"job": "api-greet", "input": {"name": 3}})
     assert response.status_code == 422
     assert error(response) | {"message": ""} == {
         "type": "InputError",
@@ -149,10 +151,10 @@ async def test_start_errors(api: Api, client: Client, start_runner: StartRunner)
     cases = [
         ({"job": "no spaces allowed"}, "job"),
         ({"job": 7}, "job"),
-        ({"job": "greet", "id": "a.b"}, "id"),
-        ({"job": "greet", "id": "x" * 129}, "id"),
+        ({"job": "api-greet", "id": "a.b"}, "id"),
+        ({"job": "api-greet", "id": "x" * 129}, "id"),
         ({"input": 1}, "job"),
-        ({"job": "greet", "idd": "typo"}, "idd"),
+        ({"job": "api-greet", "idd": "typo"}, "idd"),
     ]
     for body, field in cases:
         response = await http.post("/runs", json=body)
@@ -186,7 +188,7 @@ async def test_events_cancel_and_unknown_runs(
     await start_runner([APPROVAL])
     http = await api()
     for run_id in ("a1", "a2"):
-        response = await http.post("/runs", json={"job": "approval", "id": run_id})
+        response = await http.post("/runs", json={"job": "api-approval", "id": run_id})
         assert response.status_code == 201
 
     async def waiting() -> bool:
@@ -245,6 +247,12 @@ async def test_list_pages_and_query_errors(api: Api, client: Client) -> None:
         assert response.status_code == 201
     # Nothing serves "listed", so no runner writes its index: rebuild it from the histories.
     assert await client.rebuild_index() == 5
+
+    async def indexed() -> bool:  # index writes are not awaited: wait until all have landed
+        page = (await http.get("/runs", params={"job": "listed"})).json()
+        return len(page["runs"]) == 5
+
+    await eventually(indexed, what="the rebuilt index")
     seen: list[str] = []
     cursor: str | None = None
     while True:
@@ -394,7 +402,7 @@ async def _sse(response: httpx.Response) -> AsyncIterator[dict[str, str]]:
 
 async def test_history_follows_live_over_sse(client: Client, start_runner: StartRunner) -> None:
     await start_runner([APPROVAL])
-    await client.start("approval", run_id="live")
+    await client.start("api-approval", run_id="live")
     async with served(client) as url, httpx.AsyncClient(base_url=url, timeout=20) as http:
         kinds: list[str] = []
         headers = {"Accept": "text/event-stream"}
@@ -429,7 +437,7 @@ async def test_schemathesis_finds_no_server_errors(
 ) -> None:
     """Fuzz every operation of the published document over real HTTP: no response is a 5xx."""
     await start_runner([GREET, APPROVAL])
-    await client.start("approval", run_id="fuzzed")  # a live run for ids the fuzzer may hit
+    await client.start("api-approval", run_id="fuzzed")  # a live run for ids the fuzzer may hit
     token = "fuzz-token"
     # Queueing unserved jobs lets random job names through to real starts (201).
     async with (
