@@ -109,9 +109,10 @@ async def _wait_status(conn: list[str], run_id: str, wanted: str) -> dict[str, A
     deadline = asyncio.get_running_loop().time() + 15
     while True:
         result = await jetlane("status", run_id, "--json", *conn)
-        assert result.code == 0, result.err
-        status: dict[str, Any] = json.loads(result.out)
-        if status["status"] == wanted:
+        # A start still on its way (a concurrent `start --wait`) reads as "does not exist".
+        assert result.code == 0 or "does not exist" in result.err, result.err
+        status: dict[str, Any] = json.loads(result.out) if result.code == 0 else {}
+        if status.get("status") == wanted:
             return status
         assert asyncio.get_running_loop().time() < deadline, f"status stayed {status}"
         await asyncio.sleep(0.1)
