@@ -20,7 +20,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy --strict runtime/jetlane tests
+	$(BIN)/mypy --strict runtime/jetlane tests bench
 
 check: lint test
 

@@ -354,12 +354,6 @@ async def test_mutual_tls_user_password_and_nkey_run_a_workflow(
         assert (await by_nkey.status("ok1")).status == "completed"
 
 
-@pytest.mark.xfail(
-    reason="a permission violation on a JetStream API call is not translated: Log.open retries "
-    "ensure_stream's stream info for 10s, then raw nats.errors.TimeoutError escapes _log.py "
-    "(not a JetlaneError, nothing names the denied subject)",
-    strict=True,
-)
 async def test_missing_permission_is_a_clear_jetlane_error(locked: Locked) -> None:
     with pytest.raises(JetlaneError, match=r"(?i)permission"):
         await Log.open(locked.options(user="limited", password="limited-pw"), NAMES)
@@ -440,13 +434,6 @@ async def test_publisher_cannot_write_the_journal(locked: Locked, runner: Runner
         assert await publisher.result("forge1", timeout=20) == {"input": "p", "event": "real"}
 
 
-@pytest.mark.xfail(
-    reason="a user who may only publish to <prefix>.run.*.in can forge a journal entry: a message "
-    "on any .in with 'Nats-Schedule: @at ...' and 'Nats-Schedule-Target: <prefix>.run.<id>.out' "
-    "is fired by the server onto .out (the stream allows msg schedules), and readers and runners "
-    "accept it (the Nats-Scheduler header on a journal entry is ignored)",
-    strict=True,
-)
 async def test_publisher_cannot_forge_a_journal_entry_through_a_schedule(
     locked: Locked, runner: Runner
 ) -> None:

@@ -152,7 +152,21 @@ class ConnectOptions:
     connect_timeout: float = 5.0
 
 
-async def connect_nats(options: ConnectOptions) -> NATS:
+class _Errors:
+    """The last asynchronous error the server sent on a connection (e.g. a permission violation)."""
+
+    def __init__(self) -> None:
+        self.last: str | None = None
+        self.any: str | None = None
+
+    async def record(self, exc: Exception) -> None:
+        text = str(exc) or type(exc).__name__
+        self.any = text
+        if "permission" in text.lower():
+            self.last = text
+
+
+async def connect_nats(options: ConnectOptions, errors: _Errors | None = None) -> NATS:
     kwargs: dict[str, Any] = {
         "servers": [u.strip() for u in options.url.split(",") if u.strip()],
         "name": options.name,
@@ -160,7 +174,6 @@ async def connect_nats(options: ConnectOptions) -> NATS:
         "allow_reconnect": options.reconnect,
         "max_reconnect_attempts": -1 if options.reconnect else 0,
         "reconnect_time_wait": 0.25,
-        "error_cb": _quiet,
         "disconnected_cb": _quiet_cb,
         "reconnected_cb": _quiet_cb,
     }
@@ -177,11 +190,25 @@ async def connect_nats(options: ConnectOptions) -> NATS:
         if options.tls_cert:
             context.load_cert_chain(options.tls_cert, options.tls_key)
         kwargs["tls"] = context
+    errors = errors or _Errors()
+    kwargs["error_cb"] = errors.record
+    nc = NATS()
     try:
-        return await nats.connect(**kwargs)
-    except (TimeoutError, OSError, nats.errors.Error, ssl.SSLError) as exc:
-        reason = str(exc) or type(exc).__name__
+        # nats-py retries a failed first connect as often as it reconnects (for ever
+        # with reconnect on, and 0 means unlimited too): bound the first connect.
+        async with asyncio.timeout(options.connect_timeout):
+            await nc.connect(**kwargs)
+    except (TimeoutError, OSError, nats.errors.Error, ssl.SSLError, ImportError) as exc:
+        with contextlib.suppress(Exception):
+            # A refused connect leaves transports behind otherwise; nats-py's close
+            # of a half-made connection can wait for ever, hence the bound.
+            async with asyncio.timeout(1.0):
+                await nc.close()
+        reason = str(exc) or errors.any or f"no answer within {options.connect_timeout:g}s"
+        if isinstance(exc, TimeoutError) and errors.any:
+            reason = errors.any
         raise ConnectError(f"cannot connect to NATS at {options.url}: {reason}") from exc
+    return nc
 
 
 async def _quiet(exc: Exception) -> None:
@@ -207,6 +234,19 @@ def _ack(data: bytes) -> _Ack:
 class _Read:
     messages: list[Msg] = field(default_factory=list)
     done: asyncio.Future[Msg] | None = None
+
+
+def _body(headers: dict[str, str], data: bytes, direction: str) -> tuple[Any, str]:
+    """Decode a stored body; anything unusable becomes ``Invalid`` (kind ``invalid``)."""
+    if direction == "out" and "Nats-Scheduler" in headers:
+        # Only runners write journals, and never through a message schedule: this was
+        # fired by someone who may publish schedules on an inbox. Not an entry.
+        return h.Invalid(reason="a journal entry written by a message schedule"), "invalid"
+    kind = headers.get(h.KIND_HEADER)
+    try:
+        return h.decode(kind, data, direction=direction), kind or "invalid"
+    except DecodeError as exc:
+        return h.Invalid(reason=str(exc)), "invalid"
 
 
 def _millis(stamp: str) -> str:
@@ -244,6 +284,7 @@ class Log:
         self._sweeper: asyncio.Task[None] | None = None
         self._direct = f"$JS.API.DIRECT.GET.{self.names.stream}"
         self.lease_ttl = 30.0
+        self._errors = _Errors()
         self._lease_replicas = 1
 
     @classmethod
@@ -256,8 +297,10 @@ class Log:
         replicas: int = 1,
         lease_ttl: float = 30.0,
     ) -> Log:
-        nc = await connect_nats(options)
+        errors = _Errors()
+        nc = await connect_nats(options, errors)
         log = cls(nc, names)
+        log._errors = errors
         if setup:
             try:
                 await log.ensure_stream(replicas=replicas, lease_ttl=lease_ttl)
@@ -350,9 +393,17 @@ class Log:
         while True:
             try:
                 return await op()
-            except (nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError):
+            except (nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError) as exc:
+                if self._errors.last is not None:
+                    raise JetlaneError(
+                        f"NATS refused a JetStream call: {self._errors.last}; "
+                        "grant the user the JetStream API subjects jetlane needs (README)"
+                    ) from exc
                 if asyncio.get_running_loop().time() > deadline:
-                    raise
+                    raise JetlaneError(
+                        "JetStream did not answer: is JetStream enabled on the server, and "
+                        "may this user use the JetStream API?"
+                    ) from exc
                 await asyncio.sleep(0.2)
 
     def _check(self, config: StreamConfig) -> None:
@@ -667,11 +718,7 @@ class Log:
         seq = int(headers.get("Nats-Sequence", "0"))
         parsed = self.names.parse(subject)
         run_id, direction = parsed if parsed is not None else ("", "")
-        kind = headers.get(h.KIND_HEADER)
-        try:
-            body: Any = h.decode(kind, raw.data, direction=direction)
-        except DecodeError as exc:
-            body, kind = h.Invalid(reason=str(exc)), "invalid"
+        body, kind = _body(headers, raw.data, direction)
         return h.Message(
             seq=seq,
             run_id=run_id,
@@ -708,25 +755,15 @@ class Log:
         """A journal entry seen on a core subscription (no stream sequence or time)."""
         parsed = self.names.parse(raw.subject)
         run_id, direction = parsed if parsed is not None else ("", "")
-        kind = (raw.headers or {}).get(h.KIND_HEADER)
-        try:
-            body: Any = h.decode(kind, raw.data, direction=direction)
-        except DecodeError as exc:
-            body, kind = h.Invalid(reason=str(exc)), "invalid"
-        return h.Message(
-            seq=0, run_id=run_id, direction=direction, kind=kind or "invalid", body=body
-        )
+        body, kind = _body(raw.headers or {}, raw.data, direction)
+        return h.Message(seq=0, run_id=run_id, direction=direction, kind=kind, body=body)
 
     def decode_delivered(self, raw: Msg) -> h.Message:
         """A message delivered by a consumer, as a history ``Message``."""
         meta = raw.metadata
         parsed = self.names.parse(raw.subject)
         run_id, direction = parsed if parsed is not None else ("", "")
-        kind = (raw.headers or {}).get(h.KIND_HEADER)
-        try:
-            body: Any = h.decode(kind, raw.data, direction=direction)
-        except DecodeError as exc:
-            body, kind = h.Invalid(reason=str(exc)), "invalid"
+        body, kind = _body(raw.headers or {}, raw.data, direction)
         stamp = meta.timestamp
         return h.Message(
             seq=meta.sequence.stream,

@@ -76,6 +76,8 @@ def update(state: RunStatus, msg: h.Message) -> None:
 
 
 def _apply(state: RunStatus, body: Any) -> None:
+    if isinstance(body, h.Invalid):
+        return  # not an entry (undecodable, or forged through a schedule)
     if isinstance(body, h.ValuesRecorded | h.TimerSet):
         # A timer_set follows the entry that explains it (step_failed, wait_started)
         # or is a sleep; only a sleep changes what the run is doing.
