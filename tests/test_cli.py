@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jobs.approval
 import pytest
 
 from jetlane import Context, Names, NonRetryableError, define_job, registry, step
-from jetlane.embedded import EmbeddedNats
+from jetlane.embedded import EmbeddedNats, free_port
 
 from .conftest import StartRunner
 
@@ -330,6 +331,7 @@ async def test_runner_without_jobs_or_server_fails_clearly(conn: list[str]) -> N
 
 async def test_dev_starts_nats_and_a_runner_and_stops_both(tmp_path: Path) -> None:
     data = tmp_path / "data"
+    api_port, metrics_port = free_port(), free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -337,6 +339,10 @@ async def test_dev_starts_nats_and_a_runner_and_stops_both(tmp_path: Path) -> No
         "dev",
         "--port",
         "0",
+        "--api-port",
+        str(api_port),
+        "--metrics-port",
+        str(metrics_port),
         "--data",
         str(data),
         cwd=ROOT,
@@ -348,6 +354,11 @@ async def test_dev_starts_nats_and_a_runner_and_stops_both(tmp_path: Path) -> No
         assert proc.stdout is not None
         lines = await _read_until(proc.stdout, "ready")
         url = next(w for line in lines for w in line.split() if w.startswith("nats://"))
+        assert f"http://127.0.0.1:{api_port}" in "\n".join(lines)
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(f"http://127.0.0.1:{api_port}/healthz")).status_code == 200
+            ready = await http.get(f"http://127.0.0.1:{metrics_port}/readyz")
+            assert ready.status_code == 200
         approve = '{"change": "d"}'
         assert (
             await jetlane("start", "approval", "--input", approve, "--id", "d1", "--nats", url)

@@ -258,12 +258,9 @@ def _help(*command: str) -> str | None:
 def test_env_vars_are_the_clis() -> None:
     runner = _help("runner")
     assert runner is not None
-    if "JETLANE_METRICS_PORT" not in runner:
-        pytest.xfail("`jetlane runner` has no --metrics-port (JETLANE_METRICS_PORT) yet")
     assert {v for v in RUNNER_ENV if v not in runner} == set()
     api = _help("api")
-    if api is None:
-        pytest.xfail("the CLI has no `jetlane api` command yet")
+    assert api is not None
     assert {v for v in API_ENV if v not in api} == set()
 
 

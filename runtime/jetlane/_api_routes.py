@@ -96,7 +96,7 @@ class Endpoints:
         _checked(h.check_job_name, req.job, "job")
         if req.id is not None:
             _checked(h.check_run_id, req.id, "id")
-        if not self.queue_unserved and not await self.client._served(req.job):
+        if not self.queue_unserved and not await self.client.served(req.job):
             raise ApiError(404, "JobNotServed", f"no runner serves job {req.job!r}", "job")
         try:
             handle = await self.client.start(req.job, req.input, run_id=req.id)

@@ -49,7 +49,14 @@ async def run_dev(
         print(f"jetlane dev: data     {data}/ (server log {server.log_file})", flush=True)
     try:
         await serve(
-            options_for(args, url), names, loaded, config, on_ready=lambda r: banner(url, r)
+            options_for(args, url),
+            names,
+            loaded,
+            config,
+            on_ready=lambda r: banner(url, r),
+            replicas=args.replicas,
+            metrics=(args.metrics_host, args.metrics_port),
+            api=("127.0.0.1", args.api_port),
         )
     finally:
         if server is not None:

@@ -25,9 +25,11 @@ from urllib.parse import urlsplit
 
 import structlog
 
+from ._client import Client
 from ._definition import Job, registry
 from ._errors import ConfigError, ConnectError
 from ._log import ConnectOptions, Log, Names
+from ._metrics import serve_ops
 from ._runner import Runner, RunnerConfig
 
 
@@ -171,14 +173,25 @@ async def serve(
     config: RunnerConfig,
     *,
     on_ready: Callable[[Runner], None] | None = None,
+    replicas: int = 1,
+    metrics: tuple[str, int] | None = None,
+    api: tuple[str, int] | None = None,
 ) -> None:
-    """Run a runner until SIGTERM/SIGINT, then drain (a second signal cancels the drain)."""
+    """Run a runner until SIGTERM/SIGINT, then drain (a second signal cancels the drain).
+
+    ``metrics`` (host, port) serves /metrics, /healthz and /readyz; ``api`` (host,
+    port) serves the HTTP API beside the runner (what ``jetlane dev`` does).
+    """
     await probe(options, names)
-    log = await Log.open(options, names)
+    log = await Log.open(options, names, replicas=replicas)
     runner = Runner(log, loaded.jobs, plugins=loaded.plugins, config=config)
     task = asyncio.create_task(runner.run())
     loop = asyncio.get_running_loop()
     signals = 0
+    ops: asyncio.Server | None = None
+    api_task: asyncio.Task[None] | None = None
+    api_log: Log | None = None
+    api_server_: Any = None
 
     def on_signal() -> None:
         nonlocal signals
@@ -191,6 +204,21 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     try:
+        if metrics is not None and metrics[1]:
+            ops = await serve_ops(
+                metrics[0],
+                metrics[1],
+                metrics=runner.metrics,
+                ready=lambda: runner.ready.is_set() and log.nc.is_connected,
+            )
+        if api is not None and api[1]:
+            from .api import api_server
+
+            api_log = await Log.open(options, names, setup=False)
+            api_server_ = api_server(Client(api_log), api[0], api[1])
+            # The runner owns SIGINT/SIGTERM here; uvicorn must not take them over.
+            api_server_.capture_signals = contextlib.nullcontext
+            api_task = asyncio.create_task(api_server_.serve())
         if on_ready is not None:
             ready = asyncio.create_task(runner.ready.wait())
             await asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED)
@@ -203,4 +231,12 @@ async def serve(
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        if api_task is not None:
+            api_server_.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(api_task, 10)
+        if api_log is not None:
+            await api_log.close()
+        if ops is not None:
+            ops.close()
         await log.close()

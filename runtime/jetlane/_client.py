@@ -114,6 +114,8 @@ class Client:
         h.check_run_id(run_id)
         if not isinstance(type, str) or not type:
             raise ConfigError("an event needs a non-empty type")
+        if event_id is not None and not h.JOB_NAME.fullmatch(event_id):
+            raise ConfigError("event_id must be 1-128 of A-Z a-z 0-9 _ . : -")
         body = h.Event(type=type, payload=payload)
         self._check_size("event payload", body)
         if not await self.log.exists(run_id):
@@ -134,11 +136,11 @@ class Client:
         status = summarize(run_id, await self.log.read(run_id))
         if status is None:
             raise RunNotFound(run_id)
-        if status.status == "queued" and not await self._served(status.job):
+        if status.status == "queued" and not await self.served(status.job):
             status.detail = f"no runner serves job {status.job!r}; the run starts when one does"
         return status
 
-    async def _served(self, job: str) -> bool:
+    async def served(self, job: str) -> bool:
         """Whether any live runner serves ``job`` (runners answer its validation subject)."""
         subject = f"{self.log.names.prefix}.api.validate.{job}"
         try:

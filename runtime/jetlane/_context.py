@@ -31,7 +31,7 @@ class Plugins:
             known = ", ".join(sorted(self._objects)) or "none"
             raise AttributeError(
                 f"no plugin named {name!r} is registered on this runner (registered: {known}); "
-                "pass it with Runner(plugins={...}) or jetlane.plugins.register(...)"
+                "pass it with Runner(plugins={...}) or a plugins() factory in a jobs module"
             ) from None
 
     def __getitem__(self, name: str) -> Any:

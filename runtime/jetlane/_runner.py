@@ -567,4 +567,5 @@ class Runner:
 
             subject = f"{self.log.names.prefix}.api.validate.{name}"
             subs.append(await self.log.nc.subscribe(subject, queue="jetlane-runners", cb=answer))
+        await self.log.nc.flush()  # the server knows the subscriptions before we say ready
         return subs

@@ -22,6 +22,9 @@ from typing import Any
 import msgspec
 
 from . import _history as h
+from ._cli_ops import add_commands as add_ops_commands
+from ._cli_ops import cmd_api as _cmd_api
+from ._cli_ops import cmd_runs as _cmd_runs
 from ._cli_render import Printer, want_json
 from ._cli_serve import configure_logging, load_jobs, probe, serve
 from ._client import Client, connect
@@ -128,6 +131,29 @@ def _runner_flags(parser: argparse.ArgumentParser, *, jobs_required: bool) -> No
         defaults.drain_timeout,
         type=float,
     )
+    _flag(
+        parser,
+        "--metrics-port",
+        "JETLANE_METRICS_PORT",
+        "port for /metrics, /healthz and /readyz (0: off)",
+        0 if not jobs_required else 9090,
+        type=int,
+    )
+    _flag(
+        parser,
+        "--metrics-host",
+        "JETLANE_METRICS_HOST",
+        "address the metrics port binds",
+        "127.0.0.1" if not jobs_required else "0.0.0.0",
+    )
+    _flag(
+        parser,
+        "--replicas",
+        "JETLANE_REPLICAS",
+        "stream replicas when the runner creates the streams (3 in a cluster)",
+        1,
+        type=int,
+    )
     _flag(parser, "--log-level", "JETLANE_LOG_LEVEL", "debug, info, warning or error", "info")
     _switch(parser, "--log-json", "JETLANE_LOG_JSON", "JSON log lines even in a terminal")
 
@@ -160,6 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
     )
     _switch(dev, "--sync-always", "JETLANE_SYNC_ALWAYS", "fsync before every acknowledgement")
+    _flag(
+        dev,
+        "--api-port",
+        "JETLANE_DEV_API_PORT",
+        "port of the HTTP API on 127.0.0.1 (0: off)",
+        8080,
+        type=int,
+    )
 
     runner = sub.add_parser(
         "runner",
@@ -196,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = sub.add_parser("cancel", parents=[conn, out], help="cancel a run")
     cancel.add_argument("run_id")
     cancel.add_argument("--reason", help="why (recorded in the history)")
+    add_ops_commands(sub, conn, out, _flag, _switch)
     return parser
 
 
@@ -267,7 +302,7 @@ async def cmd_start(args: argparse.Namespace) -> int:
     json_lines = want_json(args.json)
     printer = Printer(json_lines=json_lines)
     async with open_client(args, long_lived=args.wait) as client:
-        if not await _served(client, args.job):
+        if not await client.served(args.job):
             warn(f"no runner serves job {args.job!r} now; the run waits until one does")
         run = await client.start(args.job, payload, run_id=args.run_id)
         if not args.wait:
@@ -296,17 +331,6 @@ async def cmd_start(args: argparse.Namespace) -> int:
         if not json_lines:
             printer.status(status)
         return EXIT_OK if status.status == "completed" else EXIT_RUN_FAILED
-
-
-async def _served(client: Client, job: str) -> bool:
-    """Whether some runner answers for ``job`` (runners serve per-job input validation)."""
-    h.check_job_name(job)
-    subject = f"{client.log.names.prefix}.api.validate.{job}"
-    try:
-        await client.log.nc.request(subject, b"null", timeout=1.0)
-    except Exception:  # no responders or no answer: nobody serves it now
-        return False
-    return True
 
 
 async def cmd_event(args: argparse.Namespace) -> int:
@@ -385,7 +409,14 @@ async def cmd_runner(args: argparse.Namespace) -> int:
     config = _runner_config(args)
     configure_logging(args.log_level, json_lines=True if args.log_json else None)
     loaded = load_jobs(args.jobs)
-    await serve(connect_options(args), names_of(args), loaded, config)
+    await serve(
+        connect_options(args),
+        names_of(args),
+        loaded,
+        config,
+        replicas=args.replicas,
+        metrics=(args.metrics_host, args.metrics_port),
+    )
     return EXIT_OK
 
 
@@ -400,6 +431,13 @@ async def cmd_dev(args: argparse.Namespace) -> int:
         jobs = ", ".join(sorted(runner.jobs))
         print(f"jetlane dev: NATS     {url}", flush=True)
         print(f"jetlane dev: runner   serving {jobs}", flush=True)
+        if args.api_port:
+            print(f"jetlane dev: API      http://127.0.0.1:{args.api_port}", flush=True)
+        if args.metrics_port:
+            print(
+                f"jetlane dev: metrics  http://{args.metrics_host}:{args.metrics_port}/metrics",
+                flush=True,
+            )
         print(
             f"jetlane dev: ready. Try: jetlane start {min(runner.jobs)} --nats {url} --wait",
             flush=True,
@@ -410,7 +448,18 @@ async def cmd_dev(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_api(args: argparse.Namespace) -> int:
+    configure_logging("info", json_lines=None)
+    return await _cmd_api(args, open_client)
+
+
+async def cmd_runs(args: argparse.Namespace) -> int:
+    return await _cmd_runs(args, open_client, want_json(args.json))
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
+    "api": cmd_api,
+    "runs": cmd_runs,
     "dev": cmd_dev,
     "runner": cmd_runner,
     "start": cmd_start,
