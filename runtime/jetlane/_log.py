@@ -664,6 +664,8 @@ class Log:
         return (await self._lease_publish(run_id, holder, seq)).seq
 
     async def release(self, run_id: str, seq: int) -> None:
+        # Awaited: the server runs API requests apart from publishes, so an
+        # unawaited purge can land after the next acquire of the same run.
         await self._purge(self.names.lease_stream, self.names.lease(run_id), below=seq + 1)
 
     async def _lease_publish(self, run_id: str, holder: str, expected: int) -> _Ack:

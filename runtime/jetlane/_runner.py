@@ -343,8 +343,9 @@ class Runner:
             start = self.log.decode_delivered(first)
             if isinstance(start.body, h.Start):
                 # A start delivered for the first time: no runner has seen the run, so
-                # its journal is empty (create-once); only inputs may follow the start.
-                return [start, *await self.log.read_inputs(session.run_id, start.seq)]
+                # its journal is empty (create-once). Inputs after it are read before
+                # the run parks, or as soon as one is delivered (see _drive): no read now.
+                return [start]
         return await self.log.read(session.run_id)
 
     async def _catch_up(self, replay: Replay) -> Replay | None:
