@@ -521,19 +521,27 @@ class Log:
         self, subject: str, data: bytes, headers: dict[str, str] | None = None
     ) -> Msg:
         """A request on our own reply mux (cheaper than nats-py's per-request timer and NUID)."""
+        return await (await self._send(subject, data, headers))
+
+    async def _send(
+        self, subject: str, data: bytes, headers: dict[str, str] | None = None
+    ) -> asyncio.Future[Msg]:
+        """Send a request; the future of its reply. Requests leave in call order."""
         await self._ensure_reader()
         token = str(next(self._read_ids))
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Msg] = loop.create_future()
         self._replies[token] = future
+        future.add_done_callback(lambda _: self._replies.pop(token, None))
         self._deadlines.append((loop.time() + self.timeout, token))
         try:
             await self.nc.publish(
                 subject, data, reply=f"{self._read_prefix}.{token}", headers=headers
             )
-            return await future
-        finally:
-            self._replies.pop(token, None)
+        except BaseException:
+            future.cancel()
+            raise
+        return future
 
     async def _sweep(self) -> None:
         # One task fails overdue requests, instead of a timer per request.
@@ -573,13 +581,30 @@ class Log:
 
     async def schedule(self, run_id: str, token: str, fire_at: datetime, body: h.Timer) -> None:
         """A durable timer: the server publishes ``body`` to the run's inbox at ``fire_at``."""
+        await self.confirm(await self.send_schedule(run_id, token, fire_at, body))
+
+    async def send_schedule(
+        self, run_id: str, token: str, fire_at: datetime, body: h.Timer
+    ) -> asyncio.Future[Msg]:
+        """Send a schedule without waiting: the future of its ack, for ``confirm``.
+
+        Publishes to one stream are stored in the order they were sent, so a
+        journal entry appended after this call is stored after the schedule.
+        """
         headers = {
             h.KIND_HEADER: "timer",
             h.VERSION_HEADER: h.VERSION,
             "Nats-Schedule": f"@at {format_time(fire_at)}",
             "Nats-Schedule-Target": self.names.inbox(run_id),
         }
-        await self._publish(self.names.timer(run_id, token), h.encode(body), headers)
+        return await self._send(self.names.timer(run_id, token), h.encode(body), headers)
+
+    async def confirm(self, sent: asyncio.Future[Msg]) -> None:
+        """Wait for the ack of a request sent with ``send_*``; raise what it refused."""
+        reply = await sent
+        if reply.headers and reply.headers.get("Status") == "503":
+            raise NoStream("no JetStream stream answers for the schedule")
+        _ack(reply.data)
 
     async def unschedule(self, run_id: str, token: str) -> None:
         subject = self.names.timer(run_id, ">" if token == "*" else token)

@@ -408,20 +408,35 @@ class Runner:
     async def _flush(self, replay: Replay) -> None:
         outbox, replay.outbox = replay.outbox, []
         run_id = replay.run_id
-        for effect in outbox:
-            if isinstance(effect, Append):
-                if isinstance(effect.body, h.StepFailed) and effect.body.retry_at is not None:
-                    self._for_job(replay.job.name)[4].inc()
-                seq = await self.log.append(run_id, effect.body, replay.out_seq)
-                replay.appended(seq)
-                summary = self._summaries.get(run_id)
-                if summary is not None:
-                    # No timestamp per step: the session stamps updated_at once, at its end.
-                    update(summary, h.Message(seq, run_id, "out", "", effect.body))
-            elif isinstance(effect, Schedule):
-                await self.log.schedule(run_id, effect.token, effect.fire_at, effect.body)
-            elif isinstance(effect, Unschedule):
-                await self.log.unschedule(run_id, effect.token)
+        scheduled: list[asyncio.Future[Any]] = []
+        try:
+            for effect in outbox:
+                if isinstance(effect, Append):
+                    if isinstance(effect.body, h.StepFailed) and effect.body.retry_at is not None:
+                        self._for_job(replay.job.name)[4].inc()
+                    seq = await self.log.append(run_id, effect.body, replay.out_seq)
+                    replay.appended(seq)
+                    summary = self._summaries.get(run_id)
+                    if summary is not None:
+                        # No timestamp per step: the session stamps updated_at at its end.
+                        update(summary, h.Message(seq, run_id, "out", "", effect.body))
+                elif isinstance(effect, Schedule):
+                    # Pipelined: the timer_set appended next is stored after it anyway;
+                    # its ack is checked before the flush ends (a lost schedule is
+                    # re-armed by whoever finds the run parked on it).
+                    scheduled.append(
+                        await self.log.send_schedule(
+                            run_id, effect.token, effect.fire_at, effect.body
+                        )
+                    )
+                elif isinstance(effect, Unschedule):
+                    await self.log.unschedule(run_id, effect.token)
+        except BaseException:
+            for sent in scheduled:
+                sent.cancel()  # the session is failing anyway; do not mask why
+            raise
+        for sent in scheduled:
+            await self.log.confirm(sent)
 
     async def _execute(self, replay: Replay, ex: Execute) -> Outcome:
         started = datetime.now(UTC)
