@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from jetlane import Client, ConnectOptions, Log, Names
-from jetlane import _history as h
 from jetlane.embedded import EmbeddedNats
 
+from .chaos.harness import final_outcomes
 from .conftest import eventually
 from .processes import RunnerProcess, executions
 
@@ -41,20 +41,6 @@ def spawn(nats_server: EmbeddedNats, names: Names, exec_log: Path) -> Iterator[S
         proc.kill()
 
 
-def outcomes(history: list[h.Message]) -> Counter[str]:
-    """How many final outcomes each step has in the journal."""
-    count: Counter[str] = Counter()
-    for msg in history:
-        body = msg.body
-        if (
-            isinstance(body, h.StepCompleted)
-            or (isinstance(body, h.StepFailed) and body.retry_at is None)
-            or isinstance(body, h.SleepCompleted | h.EventReceived | h.WaitTimedOut)
-        ):
-            count[body.step] += 1
-    return count
-
-
 async def steps_done(client: Client, run_id: str) -> int:
     return len([m async for m in client.history(run_id) if m.kind == "step_completed"])
 
@@ -72,7 +58,7 @@ async def test_sigkill_mid_run_second_runner_finishes(
     first.kill()
     spawn()
     assert await client.result("k1", timeout=30) == [0, 1, 2, 3, 4, 5]
-    counts = outcomes(await log.read("k1"))
+    counts = final_outcomes(await log.read("k1"))
     assert set(counts.values()) == {1} and len(counts) == 6
     ran = Counter(executions(exec_log))
     assert all(ran[f"k1/work{'#' + str(i) if i > 1 else ''}"] >= 1 for i in range(1, 7))
@@ -101,7 +87,7 @@ async def test_two_runners_finish_fifty_runs(client: Client, log: Log, spawn: Sp
     results = await asyncio.gather(*(client.result(r, timeout=60) for r in ids))
     assert results == [3 + i for i in range(50)]
     for run_id in ids:
-        counts = outcomes(await log.read(run_id))
+        counts = final_outcomes(await log.read(run_id))
         assert set(counts.values()) == {1}, (run_id, counts)
         assert len(counts) == 5
 
@@ -137,7 +123,7 @@ async def test_sigterm_drains_the_step_in_flight(
     spawn()
     await client.send_event("t1", "go", "after")
     assert await client.result("t1", timeout=30) == "after"
-    assert set(outcomes(await log.read("t1")).values()) == {1}
+    assert set(final_outcomes(await log.read("t1")).values()) == {1}
     assert executions(exec_log).count("t1/long") == 1
 
 

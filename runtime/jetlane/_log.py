@@ -408,18 +408,9 @@ class Log:
             self._check(info.config)
         await self._ensure_lease_stream(replicas, lease_ttl)
         if await self._stream_info(self.names.index_stream) is None:
-            with contextlib.suppress(nats.js.errors.BadRequestError):  # a concurrent runner
-                await self.js.add_stream(
-                    StreamConfig(
-                        name=self.names.index_stream,
-                        subjects=[f"{self.names.prefix}.index.*"],
-                        storage=StorageType.FILE,
-                        num_replicas=replicas,
-                        max_msgs_per_subject=1,
-                        discard=DiscardPolicy.OLD,
-                        allow_direct=True,
-                    )
-                )
+            await self._add_last_value_stream(
+                self.names.index_stream, f"{self.names.prefix}.index.*", replicas
+            )
 
     async def _ensure_lease_stream(self, replicas: int, lease_ttl: float) -> None:
         self._lease_replicas = replicas
@@ -428,14 +419,22 @@ class Log:
             self.lease_ttl = info.config.max_age or lease_ttl
             return
         self.lease_ttl = lease_ttl
+        await self._add_last_value_stream(
+            self.names.lease_stream, f"{self.names.prefix}.lease.*", replicas, max_age=lease_ttl
+        )
+
+    async def _add_last_value_stream(
+        self, name: str, subject: str, replicas: int, *, max_age: float | None = None
+    ) -> None:
+        """A small stream keeping the last message per subject (leases, the run index)."""
         with contextlib.suppress(nats.js.errors.BadRequestError):  # a concurrent runner
             await self.js.add_stream(
                 StreamConfig(
-                    name=self.names.lease_stream,
-                    subjects=[f"{self.names.prefix}.lease.*"],
+                    name=name,
+                    subjects=[subject],
                     storage=StorageType.FILE,
                     num_replicas=replicas,
-                    max_age=lease_ttl,
+                    max_age=max_age,
                     max_msgs_per_subject=1,
                     discard=DiscardPolicy.OLD,
                     allow_direct=True,
