@@ -129,7 +129,7 @@ async def test_stream_leader_killed_mid_workload(
     loop = asyncio.get_running_loop()
 
     async def probe() -> None:
-        subject = f"{names.prefix}.timer.probe.tick"
+        subject = f"{names.prefix}.dlq.probe"  # a subject of the runs stream
         while not probing.is_set():
             try:
                 reply = await log.nc.request(subject, b"tick", timeout=0.5)

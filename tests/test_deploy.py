@@ -309,9 +309,14 @@ async def test_stream_setup_script_creates_the_streams(
         )
         out, err = await asyncio.wait_for(proc.communicate(), 60)
         assert proc.returncode == 0, err.decode()
-        assert out.decode().count("1 replica(s)") == 3
+        assert out.decode().count("1 replica(s)") == 4
     js = client.log.js
-    for stream in (f"{names.stream}S", f"{names.stream}S_INDEX", f"{names.stream}S_LEASES"):
+    for stream in (
+        f"{names.stream}S",
+        f"{names.stream}S_TIMERS",
+        f"{names.stream}S_INDEX",
+        f"{names.stream}S_LEASES",
+    ):
         info = await js.stream_info(stream)
         assert info.config.num_replicas == 1
         await js.delete_stream(stream)

@@ -6,7 +6,7 @@ import nats
 import pytest
 from nats.js.api import StreamConfig
 
-from jetlane import ConnectOptions, Log, Names, StreamMismatch
+from jetlane import ConnectOptions, JetlaneError, Log, Names, StreamMismatch
 from jetlane import _history as h
 from jetlane._log import BATCH, FenceLost
 from jetlane.embedded import EmbeddedNats
@@ -24,8 +24,20 @@ async def test_existing_stream_with_incompatible_settings_is_a_clear_error(
         await Log.open(ConnectOptions(url=nats_server.url), names)
     message = str(info.value)
     assert names.stream in message
-    assert "allow_direct" in message and "allow_msg_schedules" in message
-    assert f"{names.prefix}.timer.>" in message
+    assert "allow_direct" in message and f"{names.stream}_TIMERS" in message
+    assert f"{names.prefix}.dlq.>" in message
+
+
+async def test_runs_stream_refuses_schedules_so_an_inbox_cannot_be_erased(log: Log) -> None:
+    await log.publish_input("keep", h.Event(type="e", payload=1))
+    headers = {
+        h.KIND_HEADER: "event",
+        "Nats-Schedule": "@at 2100-01-01T00:00:00Z",
+        "Nats-Schedule-Target": log.names.journal("keep"),
+    }
+    with pytest.raises(JetlaneError, match="schedules is disabled"):
+        await log._publish(log.names.inbox("keep"), b'{"type": "e"}', headers)
+    assert [m.body.payload for m in await log.read("keep")] == [1]
 
 
 async def test_open_twice_accepts_its_own_stream(log: Log, options: ConnectOptions) -> None:

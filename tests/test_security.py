@@ -465,13 +465,6 @@ async def test_publisher_cannot_forge_a_journal_entry_through_a_schedule(
         assert await publisher.result("forge2", timeout=20) == {"input": "s", "event": "real"}
 
 
-@pytest.mark.xfail(
-    reason="a user who may only publish to <prefix>.run.*.in can erase a run: publishing a "
-    "message with a 'Nats-Schedule' header on <prefix>.run.<id>.in makes the server replace "
-    "every earlier message on that subject (one schedule per subject), so the run's start and "
-    "events vanish and status() says the run does not exist",
-    strict=True,
-)
 async def test_publisher_cannot_erase_a_runs_inputs_with_a_schedule(
     locked: Locked, runner: Runner
 ) -> None:

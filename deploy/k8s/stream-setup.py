@@ -24,7 +24,7 @@ async def main() -> None:
     options = ConnectOptions(url=os.environ.get("JETLANE_NATS_URL", "nats://nats:4222"))
     log = await Log.open(options, names, replicas=replicas)
     try:
-        for name in (names.stream, names.index_stream, names.lease_stream):
+        for name in (names.timers_stream, names.stream, names.index_stream, names.lease_stream):
             info = await log.js.stream_info(name)
             if info.config.num_replicas != replicas:
                 info.config.num_replicas = replicas

@@ -41,6 +41,8 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    StreamSource,
+    SubjectTransform,
 )
 
 from . import _history as h
@@ -93,6 +95,18 @@ class Names:
     def timer(self, run_id: str, token: str) -> str:
         return f"{self.prefix}.timer.{run_id}.{token}"
 
+    def fired(self, run_id: str) -> str:
+        """Where a run's schedules fire, in the timers stream (sourced into its inbox)."""
+        return f"{self.prefix}.fired.{run_id}"
+
+    @property
+    def timers_stream(self) -> str:
+        return f"{self.stream}_TIMERS"
+
+    @property
+    def timer_subjects(self) -> list[str]:
+        return [f"{self.prefix}.timer.>", f"{self.prefix}.fired.>"]
+
     def dead_letter(self, run_id: str) -> str:
         return f"{self.prefix}.dlq.{run_id}"
 
@@ -109,7 +123,7 @@ class Names:
 
     @property
     def subjects(self) -> list[str]:
-        return [f"{self.prefix}.run.>", f"{self.prefix}.timer.>", f"{self.prefix}.dlq.>"]
+        return [f"{self.prefix}.run.>", f"{self.prefix}.dlq.>"]
 
     def index(self, run_id: str) -> str:
         return f"{self.prefix}.index.{run_id}"
@@ -384,8 +398,25 @@ class Log:
     async def ensure_stream(
         self, *, replicas: int = 1, lease_ttl: float = 30.0, wait: float = 10.0
     ) -> None:
-        """Create the stream (and the lease stream) or check that it fits."""
-        wanted = StreamConfig(
+        """Create the streams (runs, timers, leases, index) or check that they fit.
+
+        Durable timers are message schedules in a stream of their own that fire
+        onto ``<prefix>.fired.<id>``, which the runs stream sources into the
+        run's inbox. The runs stream itself refuses schedules: a publisher who
+        may write an inbox can then neither erase it (a schedule replaces every
+        earlier message on its subject) nor fire anything onto a journal.
+        """
+        timers = StreamConfig(
+            name=self.names.timers_stream,
+            subjects=self.names.timer_subjects,
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.OLD,
+            num_replicas=replicas,
+            allow_msg_schedules=True,
+        )
+        await self._create_or_check(timers, wait, self._check_timers)
+        runs = StreamConfig(
             name=self.names.stream,
             subjects=self.names.subjects,
             retention=RetentionPolicy.LIMITS,
@@ -394,22 +425,55 @@ class Log:
             num_replicas=replicas,
             duplicate_window=120.0,
             allow_direct=True,
-            allow_msg_schedules=True,
+            sources=[
+                StreamSource(
+                    name=self.names.timers_stream,
+                    subject_transforms=[
+                        SubjectTransform(
+                            src=f"{self.names.prefix}.fired.*",
+                            dest=f"{self.names.prefix}.run.{{{{wildcard(1)}}}}.in",
+                        )
+                    ],
+                )
+            ],
         )
-        info = await self._retry(lambda: self._stream_info(self.names.stream), wait)
-        if info is None:
-            try:
-                await self._retry(lambda: self.js.add_stream(wanted), wait)
-            except nats.js.errors.BadRequestError:
-                info = await self._stream_info(self.names.stream)
-                if info is None:
-                    raise
-        if info is not None:
-            self._check(info.config)
+        await self._create_or_check(runs, wait, self._check)
         await self._ensure_lease_stream(replicas, lease_ttl)
         if await self._stream_info(self.names.index_stream) is None:
             await self._add_last_value_stream(
                 self.names.index_stream, f"{self.names.prefix}.index.*", replicas
+            )
+
+    async def _create_or_check(
+        self, wanted: StreamConfig, wait: float, check: Callable[[StreamConfig], None]
+    ) -> None:
+        assert wanted.name is not None
+        name = wanted.name
+        info = await self._retry(lambda: self._stream_info(name), wait)
+        if info is None:
+            try:
+                await self._retry(lambda: self.js.add_stream(wanted), wait)
+                return
+            except nats.js.errors.BadRequestError:
+                info = await self._stream_info(name)  # created by a concurrent runner
+                if info is None:
+                    raise
+        check(info.config)
+
+    def _check_timers(self, config: StreamConfig) -> None:
+        problems = []
+        subjects = set(config.subjects or [])
+        problems += [f"subjects lack {s!r}" for s in self.names.timer_subjects if s not in subjects]
+        if not config.allow_msg_schedules:
+            problems.append("allow_msg_schedules is off (needed for durable timers)")
+        self._mismatch(self.names.timers_stream, problems)
+
+    def _mismatch(self, name: str, problems: list[str]) -> None:
+        if problems:
+            raise StreamMismatch(
+                f"stream {name!r} exists with settings jetlane cannot use: "
+                + "; ".join(problems)
+                + ". Fix it with `nats stream edit` or use another stream name."
             )
 
     async def _ensure_lease_stream(self, replicas: int, lease_ttl: float) -> None:
@@ -474,18 +538,18 @@ class Log:
                 problems.append(f"subjects lack {subject!r}")
         if not config.allow_direct:
             problems.append("allow_direct is off (needed for fast history reads)")
-        if not config.allow_msg_schedules:
-            problems.append("allow_msg_schedules is off (needed for durable timers)")
+        if config.allow_msg_schedules:
+            problems.append(
+                "allow_msg_schedules is on (an inbox publisher could erase runs with a "
+                "schedule; timers live in the timers stream since jetlane 0.1)"
+            )
+        if not any(src.name == self.names.timers_stream for src in config.sources or []):
+            problems.append(f"it does not source {self.names.timers_stream!r} (fired timers)")
         if config.retention not in (None, RetentionPolicy.LIMITS):
             problems.append(f"retention is {config.retention} (must be limits: a log)")
         if config.max_msgs_per_subject not in (None, -1, 0):
             problems.append("max_msgs_per_subject is limited (a run's history would be cut)")
-        if problems:
-            raise StreamMismatch(
-                f"stream {self.names.stream!r} exists with settings jetlane cannot use: "
-                + "; ".join(problems)
-                + ". Fix it with `nats stream edit` or use another stream name."
-            )
+        self._mismatch(self.names.stream, problems)
 
     async def runner_consumer(self, *, ack_wait: float, max_ack_pending: int) -> Any:
         """The runner pool's shared durable pull consumer on every run's inbox."""
@@ -587,14 +651,14 @@ class Log:
     ) -> asyncio.Future[Msg]:
         """Send a schedule without waiting: the future of its ack, for ``confirm``.
 
-        Publishes to one stream are stored in the order they were sent, so a
-        journal entry appended after this call is stored after the schedule.
+        The runner confirms the ack before it parks the run; a schedule lost
+        anyway is re-armed by whoever finds the run parked on its timer.
         """
         headers = {
             h.KIND_HEADER: "timer",
             h.VERSION_HEADER: h.VERSION,
             "Nats-Schedule": f"@at {format_time(fire_at)}",
-            "Nats-Schedule-Target": self.names.inbox(run_id),
+            "Nats-Schedule-Target": self.names.fired(run_id),
         }
         return await self._send(self.names.timer(run_id, token), h.encode(body), headers)
 
@@ -606,8 +670,10 @@ class Log:
         _ack(reply.data)
 
     async def unschedule(self, run_id: str, token: str) -> None:
-        subject = self.names.timer(run_id, ">" if token == "*" else token)
-        await self._purge(self.names.stream, subject)
+        if token == "*":  # the run ended: its schedules and its fired copies go
+            await self._purge(self.names.timers_stream, self.names.fired(run_id))
+            token = ">"
+        await self._purge(self.names.timers_stream, self.names.timer(run_id, token))
 
     async def _purge(self, stream: str, subject: str, below: int | None = None) -> None:
         request: dict[str, Any] = {"filter": subject}

@@ -421,9 +421,9 @@ class Runner:
                         # No timestamp per step: the session stamps updated_at at its end.
                         update(summary, h.Message(seq, run_id, "out", "", effect.body))
                 elif isinstance(effect, Schedule):
-                    # Pipelined: the timer_set appended next is stored after it anyway;
-                    # its ack is checked before the flush ends (a lost schedule is
-                    # re-armed by whoever finds the run parked on it).
+                    # Pipelined with the timer_set append that follows; its ack is
+                    # checked before the flush ends, so before the run parks (and a
+                    # schedule lost anyway is re-armed by whoever finds the run parked).
                     scheduled.append(
                         await self.log.send_schedule(
                             run_id, effect.token, effect.fire_at, effect.body
