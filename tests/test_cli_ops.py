@@ -41,6 +41,10 @@ async def test_runs_list_and_rebuild(
     assert [line["run_id"] for line in rest.json_lines()] == ["cli-runs-0"]
     rebuilt = await jetlane("runs", "rebuild-index", "--json", *conn)
     assert rebuilt.code == 0 and rebuilt.json_lines() == [{"indexed": 3}]
+    paused = await jetlane("pause", "cli-runs-0", "--json", *conn)
+    assert paused.code == 0 and paused.json_lines() == [
+        {"run_id": "cli-runs-0", "outcome": "already ended"}
+    ]
     text = await jetlane(
         "runs", "list", "--status", "completed", *conn, env={"JETLANE_OUTPUT": "text"}
     )
@@ -88,3 +92,19 @@ async def test_api_command_serves_until_sigterm(nats_server: EmbeddedNats, names
         if proc.returncode is None:
             proc.kill()
         await proc.communicate()
+
+
+async def test_pause_and_resume_commands(
+    nats_server: EmbeddedNats, names: Names, client: Client
+) -> None:
+    await client.start("nobody-serves-this", run_id="cli-pause")
+    conn = ["--nats", nats_server.url, "--prefix", names.prefix, "--stream", names.stream]
+    text = {"JETLANE_OUTPUT": "text"}
+    paused = await jetlane("pause", "cli-pause", "--reason", "freeze", *conn, env=text)
+    assert paused.code == 0 and "cli-pause: paused" in paused.out
+    assert (await client.status("cli-pause")).paused
+    resumed = await jetlane("resume", "cli-pause", *conn, env=text)
+    assert resumed.code == 0 and "cli-pause: resumed" in resumed.out
+    assert not (await client.status("cli-pause")).paused
+    missing = await jetlane("pause", "no-such-run", *conn)
+    assert missing.code == 1 and "does not exist" in missing.err

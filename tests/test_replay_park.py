@@ -278,3 +278,58 @@ async def test_a_cancel_read_during_a_step_stops_the_run_before_the_next() -> No
     assert isinstance(done, Finished) and done.entry == h.RunCancelled("mid-step", seq)
     assert d.executed == [("a", 1)]
     assert d.kinds[-1] == "run_cancelled" and not d.replay.cancel_pending
+
+
+# -- pause and resume -----------------------------------------------------------------
+
+
+async def test_pause_holds_the_next_step_and_resume_runs_it() -> None:
+    ran: list[str] = []
+
+    async def handler(ctx: Context) -> str:
+        await step.do("a", lambda: ran.append("a"))
+        await step.do("b", lambda: ran.append("b"))
+        return "done"
+
+    d = Driver(job_of(handler))
+    d.publish(h.Pause(reason="freeze"))
+    parked = await d.advance()
+    assert isinstance(parked, Park) and ran == [] and d.kinds == []
+    d.publish(h.Resume())
+    done = await d.run()
+    assert isinstance(done, Finished) and ran == ["a", "b"]
+
+
+async def test_a_pause_mid_run_holds_the_step_after_the_one_in_flight() -> None:
+    ran: list[str] = []
+
+    async def handler(ctx: Context) -> str:
+        await step.do("a", lambda: ran.append("a"))
+        await step.wait_for_event("go", type="go", timeout=60)
+        await step.do("b", lambda: ran.append("b"))
+        return "done"
+
+    d = Driver(job_of(handler))
+    assert isinstance(await d.advance(), Park)  # waiting for "go"
+    d.publish(h.Pause())
+    d.event("go")
+    parked = await d.advance()
+    assert isinstance(parked, Park) and ran == ["a"]
+    assert "step_completed" in d.kinds and d.kinds.count("step_completed") == 1
+    # replay from scratch while paused agrees, then resume finishes the run
+    await d.crash()
+    assert isinstance(await d.advance(), Park) and ran == ["a"]
+    d.publish(h.Resume())
+    assert isinstance(await d.run(), Finished) and ran == ["a", "b"]
+
+
+async def test_cancel_wins_over_pause() -> None:
+    async def handler(ctx: Context) -> None:
+        await step.do("a", lambda: 1)
+
+    d = Driver(job_of(handler))
+    d.publish(h.Pause())
+    assert isinstance(await d.advance(), Park)
+    d.cancel("stop")
+    done = await d.advance()
+    assert isinstance(done, Finished) and d.kinds[-1] == "run_cancelled"

@@ -406,3 +406,38 @@ async def test_cancel_stops_a_long_chain_of_steps(
     done = await kinds(client, "ch1")
     assert done[-1] == "run_cancelled"
     assert done.count("step_completed") < 200
+
+
+async def test_pause_holds_a_run_and_resume_lets_it_finish(
+    client: Client, start_runner: StartRunner
+) -> None:
+    ran: list[str] = []
+
+    async def gated(ctx: Context) -> str:
+        await step.do("prepare", lambda: ran.append("prepare"))
+        await step.wait_for_event("go", type="go", timeout="1h")
+        await step.do("act", lambda: ran.append("act"))
+        return "acted"
+
+    await start_runner([define_job(name="gated", handler=gated, register=False)])
+    await client.start("gated", run_id="p1")
+
+    async def waiting() -> bool:
+        return (await client.status("p1")).status == "waiting"
+
+    await eventually(waiting, what="run to wait")
+    assert await client.pause("p1", reason="freeze")
+    await client.send_event("p1", "go")
+
+    async def delivered() -> bool:  # the runner has handled the pause and the event
+        return await client.log.consumer_pending() == 0
+
+    await eventually(delivered, what="the runner to handle both inputs")
+    status = await client.status("p1")
+    assert status.paused and status.status == "waiting"
+    assert ran == ["prepare"] and "event_received" not in await kinds(client, "p1")
+    assert await client.resume("p1")
+    assert await client.result("p1", timeout=10) == "acted"
+    assert ran == ["prepare", "act"]
+    assert (await client.status("p1")).paused is False
+    assert await client.pause("p1") is False  # ended: nothing sent

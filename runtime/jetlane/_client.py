@@ -125,10 +125,22 @@ class Client:
 
     async def cancel(self, run_id: str, reason: str | None = None) -> bool:
         """Ask a run to stop; False (and nothing sent) when it has already ended."""
+        return await self._send_control(run_id, h.Cancel(reason=reason))
+
+    async def pause(self, run_id: str, reason: str | None = None) -> bool:
+        """Hold a run: no new step starts until ``resume`` (events and timers still
+        arrive and are acted on, in stream order, once resumed). False when ended."""
+        return await self._send_control(run_id, h.Pause(reason=reason))
+
+    async def resume(self, run_id: str) -> bool:
+        """Let a paused run go on. False (and nothing sent) when it has ended."""
+        return await self._send_control(run_id, h.Resume())
+
+    async def _send_control(self, run_id: str, body: h.Cancel | h.Pause | h.Resume) -> bool:
         status = await self.status(run_id)
         if status.done:
             return False
-        await self.log.publish_input(run_id, h.Cancel(reason=reason))
+        await self.log.publish_input(run_id, body)
         return True
 
     async def status(self, run_id: str) -> RunStatus:

@@ -49,6 +49,16 @@ class Cancel(_Wire, frozen=True):
     reason: str | None = None
 
 
+class Pause(_Wire, frozen=True):
+    """Hold the run: no step starts until a ``resume`` (inputs still accumulate)."""
+
+    reason: str | None = None
+
+
+class Resume(_Wire, frozen=True):
+    pass
+
+
 class Timer(_Wire, frozen=True):
     """A fired message schedule (written by the server on a runner's behalf)."""
 
@@ -57,7 +67,7 @@ class Timer(_Wire, frozen=True):
     purpose: str = ""
 
 
-Input = Start | Event | Cancel | Timer
+Input = Start | Event | Cancel | Pause | Resume | Timer
 
 # -- journal (.out) -----------------------------------------------------------
 
@@ -149,6 +159,8 @@ INPUT_KINDS: Final[dict[str, type[Any]]] = {
     "start": Start,
     "event": Event,
     "cancel": Cancel,
+    "pause": Pause,
+    "resume": Resume,
     "timer": Timer,
 }
 JOURNAL_KINDS: Final[dict[str, type[Any]]] = {

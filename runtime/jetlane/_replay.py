@@ -211,6 +211,8 @@ class Replay:
         self._consumed: set[int] = set()
         self._timers: dict[str, int] = {}
         self._cancel: tuple[int, h.Cancel] | None = None
+        self.paused = False
+        self._held: Execute | None = None
         self._armed: set[str] = set()
         self._occurrences: dict[str, int] = {}
         self._atoms = 0
@@ -243,6 +245,8 @@ class Replay:
                 self._timers.setdefault(body.timer, msg.seq)
             elif isinstance(body, h.Cancel) and self._cancel is None:
                 self._cancel = (msg.seq, body)
+            elif isinstance(body, h.Pause | h.Resume):
+                self.paused = isinstance(body, h.Pause)
         self.last_seq = max(self.last_seq, msg.seq)
 
     def appended(self, seq: int) -> None:
@@ -287,7 +291,31 @@ class Replay:
         return self._cancel is not None and self.terminal is None
 
     async def next(self, reply: Any = None) -> Decision:
-        """Resume the handler (answering the last decision) until its next decision."""
+        """Resume the handler (answering the last decision) until its next decision.
+
+        A paused run (a ``pause`` input not yet followed by ``resume``) starts no
+        step: the next ``Execute`` is held and a ``Park`` returned until resumed.
+        Pausing only changes *when* decisions happen, never *what* they are (those
+        follow stream order), so replays agree with the live run.
+        """
+        if self.terminal is None and self._cancel is None and self._blocked is None:
+            if self._held is not None:
+                if self.paused:
+                    return self._paused_park()
+                held, self._held = self._held, None
+                return held
+            if self.paused and reply is None:
+                return self._paused_park()  # do not start or resume the handler
+        decision = await self._next(reply)
+        if isinstance(decision, Execute) and self.paused:
+            self._held = decision
+            return self._paused_park()
+        return decision
+
+    def _paused_park(self) -> Park:
+        return Park(self.current_step or "")
+
+    async def _next(self, reply: Any = None) -> Decision:
         if self.terminal is not None:
             return Finished(self.terminal)
         if self._cancel is not None:

@@ -39,6 +39,7 @@ class RunStatus(msgspec.Struct, kw_only=True):
     updated_at: str = ""
     history_length: int = 0
     detail: str | None = None
+    paused: bool = False
 
     @property
     def done(self) -> bool:
@@ -56,12 +57,7 @@ def summarize(run_id: str, messages: Iterable[h.Message]) -> RunStatus | None:
             if isinstance(body, h.Start):
                 state = RunStatus(run_id=run_id, job=body.job, status="queued", created_at=msg.time)
             continue
-        state.updated_at = msg.time or state.updated_at
-        if msg.direction != "out":
-            continue
-        if state.status in TERMINAL_STATUSES:
-            continue
-        _apply(state, body)
+        update(state, msg)
     if state is not None:
         state.history_length = count
     return state
@@ -71,6 +67,8 @@ def update(state: RunStatus, msg: h.Message) -> None:
     """Advance ``state`` by one more message of the run's history (what ``summarize`` does)."""
     state.updated_at = msg.time or state.updated_at
     state.history_length += 1
+    if isinstance(msg.body, h.Pause | h.Resume):
+        state.paused = isinstance(msg.body, h.Pause)
     if msg.direction == "out" and state.status not in TERMINAL_STATUSES:
         _apply(state, msg.body)
 

@@ -230,6 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = sub.add_parser("cancel", parents=[conn, out], help="cancel a run")
     cancel.add_argument("run_id")
     cancel.add_argument("--reason", help="why (recorded in the history)")
+    pause = sub.add_parser("pause", parents=[conn, out], help="hold a run: no new step starts")
+    pause.add_argument("run_id")
+    pause.add_argument("--reason", help="why (recorded in the history)")
+    resume = sub.add_parser("resume", parents=[conn, out], help="let a paused run go on")
+    resume.add_argument("run_id")
     add_ops_commands(sub, conn, out, _flag, _switch)
     return parser
 
@@ -457,7 +462,29 @@ async def cmd_runs(args: argparse.Namespace) -> int:
     return await _cmd_runs(args, open_client, want_json(args.json))
 
 
+async def cmd_pause(args: argparse.Namespace) -> int:
+    async with open_client(args, long_lived=False) as client:
+        sent = await client.pause(args.run_id, reason=args.reason)
+    return _control_done(args, "paused" if sent else "already ended")
+
+
+async def cmd_resume(args: argparse.Namespace) -> int:
+    async with open_client(args, long_lived=False) as client:
+        sent = await client.resume(args.run_id)
+    return _control_done(args, "resumed" if sent else "already ended")
+
+
+def _control_done(args: argparse.Namespace, outcome: str) -> int:
+    if want_json(args.json):
+        print(msgspec.json.encode({"run_id": args.run_id, "outcome": outcome}).decode())
+    else:
+        print(f"{args.run_id}: {outcome}")
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
+    "pause": cmd_pause,
+    "resume": cmd_resume,
     "api": cmd_api,
     "runs": cmd_runs,
     "dev": cmd_dev,
