@@ -41,8 +41,8 @@ from jetlane import (
     step,
 )
 from jetlane import _history as h
+from jetlane._connection import connect_nats
 from jetlane._durations import format_time
-from jetlane._log import connect_nats
 from jetlane.embedded import EmbeddedNats
 
 from .conftest import eventually

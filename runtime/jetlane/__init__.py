@@ -5,6 +5,7 @@ from __future__ import annotations
 from ._client import Client as Client
 from ._client import RunHandle as RunHandle
 from ._client import connect as connect
+from ._connection import ConnectOptions as ConnectOptions
 from ._context import Context as Context
 from ._context import Plugins as Plugins
 from ._definition import Job as Job
@@ -27,9 +28,8 @@ from ._errors import RunNotFound as RunNotFound
 from ._errors import StepError as StepError
 from ._errors import StepFailed as StepFailed
 from ._errors import StreamMismatch as StreamMismatch
-from ._log import ConnectOptions as ConnectOptions
 from ._log import Log as Log
-from ._log import Names as Names
+from ._names import Names as Names
 from ._runner import Runner as Runner
 from ._runner import RunnerConfig as RunnerConfig
 from ._runner import StepTimeout as StepTimeout

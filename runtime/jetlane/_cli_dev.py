@@ -12,8 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ._cli_serve import Loaded, serve
+from ._connection import ConnectOptions
 from ._errors import ConfigError
-from ._log import ConnectOptions, Names
+from ._names import Names
 from ._runner import Runner, RunnerConfig
 from .embedded import EmbeddedNats
 

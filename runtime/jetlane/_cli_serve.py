@@ -26,10 +26,12 @@ from urllib.parse import urlsplit
 import structlog
 
 from ._client import Client
+from ._connection import ConnectOptions
 from ._definition import Job, registry
 from ._errors import ConfigError, ConnectError
-from ._log import ConnectOptions, Log, Names
+from ._log import Log
 from ._metrics import serve_ops
+from ._names import Names
 from ._runner import Runner, RunnerConfig
 
 

@@ -14,6 +14,7 @@ import msgspec
 import nats.errors
 
 from . import _history as h
+from ._connection import ConnectOptions
 from ._definition import get_job
 from ._errors import (
     ConfigError,
@@ -24,7 +25,8 @@ from ._errors import (
     RunNotFound,
 )
 from ._index import RunIndex
-from ._log import ConnectOptions, FenceLost, Log, Names
+from ._log import FenceLost, Log
+from ._names import Names
 from ._replay import DEFAULT_MAX_PAYLOAD
 from ._status import RunStatus, summarize
 

@@ -1,12 +1,13 @@
-"""The log: the only module that talks to NATS JetStream.
+"""The log: jetlane's JetStream code (with ``_connection``, which connects).
 
 Design note. One stream holds every run (subjects, not streams, per entity:
-each stream is a raft group). Reads use *batch direct get* on a multiplexed
-inbox, one request per 1,000 messages, rather than a consumer per read or a
-request per message. Journal appends are fenced with
-``Nats-Expected-Last-Subject-Sequence`` on the run's ``.out`` subject. Run
-leases are one message per run on a small memory stream whose ``max_age`` is
-the lease TTL: acquire = publish with expected-last-sequence 0, renew =
+each stream is a raft group); durable timers live in a timers stream that it
+sources, so the runs stream can refuse message schedules. Reads use *batch
+direct get* on a multiplexed inbox, one request per 1,000 messages, rather
+than a consumer per read or a request per message. Journal appends are
+fenced with ``Nats-Expected-Last-Subject-Sequence`` on the run's ``.out``
+subject. Run leases are one message per run on a small stream whose
+``max_age`` is the lease TTL: acquire = publish with expected-last-sequence 0, renew =
 publish fenced on our own sequence, release = purge the subject up to our
 sequence (so a release never removes a successor's lease). A KV bucket was
 rejected for leases: its create over a delete marker costs three round trips.
@@ -20,12 +21,10 @@ import collections
 import contextlib
 import heapq
 import itertools
-import re
-import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 import msgspec
 import nats
@@ -46,12 +45,13 @@ from nats.js.api import (
 )
 
 from . import _history as h
+from ._connection import ConnectOptions, _Connection, _Errors, connect_nats
 from ._durations import format_time
-from ._errors import ConfigError, ConnectError, DecodeError, JetlaneError, StreamMismatch
+from ._errors import DecodeError, JetlaneError, StreamMismatch
+from ._names import Names
 
 BATCH: Final = 1000
 WRONG_LAST_SEQUENCE: Final = 10071
-_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 
 class FenceLost(JetlaneError):
@@ -70,228 +70,6 @@ class _Ack(msgspec.Struct):
 
 
 _ack_decoder = msgspec.json.Decoder(_Ack)
-
-
-@dataclass(frozen=True)
-class Names:
-    """Subjects and resource names; ``prefix`` and ``stream`` are configurable."""
-
-    prefix: str = "jetlane"
-    stream: str = "JETLANE"
-
-    def __post_init__(self) -> None:
-        if not _PREFIX.fullmatch(self.prefix) or not _PREFIX.fullmatch(self.stream):
-            raise ConfigError("prefix and stream names must be 1-32 of A-Z a-z 0-9 _ -")
-
-    def inbox(self, run_id: str) -> str:
-        return f"{self.prefix}.run.{run_id}.in"
-
-    def journal(self, run_id: str) -> str:
-        return f"{self.prefix}.run.{run_id}.out"
-
-    def run(self, run_id: str) -> str:
-        return f"{self.prefix}.run.{run_id}.>"
-
-    def timer(self, run_id: str, token: str) -> str:
-        return f"{self.prefix}.timer.{run_id}.{token}"
-
-    def fired(self, run_id: str) -> str:
-        """Where a run's schedules fire, in the timers stream (sourced into its inbox)."""
-        return f"{self.prefix}.fired.{run_id}"
-
-    @property
-    def timers_stream(self) -> str:
-        return f"{self.stream}_TIMERS"
-
-    @property
-    def timer_subjects(self) -> list[str]:
-        return [f"{self.prefix}.timer.>", f"{self.prefix}.fired.>"]
-
-    def dead_letter(self, run_id: str) -> str:
-        return f"{self.prefix}.dlq.{run_id}"
-
-    def lease(self, run_id: str) -> str:
-        return f"{self.prefix}.lease.{run_id}"
-
-    @property
-    def all_inboxes(self) -> str:
-        return f"{self.prefix}.run.*.in"
-
-    @property
-    def all_runs(self) -> str:
-        return f"{self.prefix}.run.>"
-
-    @property
-    def subjects(self) -> list[str]:
-        return [f"{self.prefix}.run.>", f"{self.prefix}.dlq.>"]
-
-    def index(self, run_id: str) -> str:
-        return f"{self.prefix}.index.{run_id}"
-
-    @property
-    def index_stream(self) -> str:
-        return f"{self.stream}_INDEX"
-
-    @property
-    def lease_stream(self) -> str:
-        return f"{self.stream}_LEASES"
-
-    @property
-    def consumer(self) -> str:
-        return f"{self.prefix}-runners"
-
-    def parse(self, subject: str) -> tuple[str, str] | None:
-        """(run id, direction) of a stored run subject, or None."""
-        parts = subject.split(".")
-        if len(parts) < 4 or parts[0] != self.prefix or parts[1] != "run":
-            return None
-        return parts[2], parts[3]
-
-
-@dataclass(frozen=True)
-class ConnectOptions:
-    """How to reach and authenticate to NATS (all optional but the URL)."""
-
-    url: str = "nats://127.0.0.1:4222"
-    user: str | None = None
-    password: str | None = None
-    token: str | None = None
-    creds: str | None = None
-    nkey_seed: str | None = None
-    tls_ca: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    name: str = "jetlane"
-    reconnect: bool = True
-    connect_timeout: float = 5.0
-
-
-class _Errors:
-    """The last asynchronous error the server sent on a connection (e.g. a permission violation)."""
-
-    def __init__(self) -> None:
-        self.last: str | None = None
-        self.any: str | None = None
-
-    async def record(self, exc: Exception) -> None:
-        text = str(exc) or type(exc).__name__
-        self.any = text
-        if "permission" in text.lower():
-            self.last = text
-
-
-class _Raw(NamedTuple):
-    """A reply on jetlane's own inbox, built without nats-py's per-message machinery."""
-
-    subject: str
-    data: bytes
-    headers: dict[str, str]
-
-
-def _parse_headers(block: bytes) -> dict[str, str]:
-    """Header lines as nats-py reads them, done on bytes (names with spaces are skipped)."""
-    out: dict[str, str] = {}
-    for line in block.split(b"\r\n"):
-        name, sep, value = line.partition(b":")
-        if not sep:
-            continue
-        name = name.strip()
-        if not name or b" " in name or b"\t" in name or not name.isascii():
-            continue
-        out[name.decode("ascii")] = value.strip().decode("utf-8", "replace")
-    return out
-
-
-class _Connection(NATS):
-    """nats-py's client with a fast lane for jetlane's reply inbox.
-
-    A history read receives up to a thousand messages per request. nats-py
-    parses each one's headers with a per-character generator, builds a ``Msg``,
-    queues it and wakes a task per subscription (bench W6 profile: ~60 % of a
-    1,000-message read in header parsing alone). Messages for a subscription
-    registered in ``fast`` skip all that: one synchronous call with the raw
-    parts. Everything else keeps nats-py's path.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fast: dict[int, Callable[[_Raw], None]] = {}
-
-    @staticmethod
-    def _parse_header_lines(raw: bytes) -> dict[str, str]:
-        return _parse_headers(raw)
-
-    async def _process_msg(
-        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
-    ) -> None:
-        handler = self.fast.get(sid)
-        if handler is None:
-            await super()._process_msg(sid, subject, reply, data, headers)
-            return
-        parsed: dict[str, str] = {}
-        if headers:
-            first, _, rest = headers.partition(b"\r\n")
-            parsed = _parse_headers(rest)
-            status = first[8:].strip()  # after "NATS/1.0": "204 EOB", "404 Message Not Found"
-            if status:
-                code, _, description = status.partition(b" ")
-                parsed["Status"] = code.decode("ascii", "replace")
-                if description:
-                    parsed["Description"] = description.decode("utf-8", "replace")
-        handler(_Raw(subject.decode(), data, parsed))
-
-
-async def connect_nats(options: ConnectOptions, errors: _Errors | None = None) -> NATS:
-    kwargs: dict[str, Any] = {
-        "servers": [u.strip() for u in options.url.split(",") if u.strip()],
-        "name": options.name,
-        "connect_timeout": options.connect_timeout,
-        "allow_reconnect": options.reconnect,
-        "max_reconnect_attempts": -1 if options.reconnect else 0,
-        "reconnect_time_wait": 0.25,
-        "disconnected_cb": _quiet_cb,
-        "reconnected_cb": _quiet_cb,
-    }
-    if options.user is not None:
-        kwargs["user"], kwargs["password"] = options.user, options.password
-    if options.token is not None:
-        kwargs["token"] = options.token
-    if options.creds is not None:
-        kwargs["user_credentials"] = options.creds
-    if options.nkey_seed is not None:
-        kwargs["nkeys_seed"] = options.nkey_seed
-    if options.tls_ca or options.tls_cert or options.url.startswith("tls://"):
-        context = ssl.create_default_context(cafile=options.tls_ca)
-        if options.tls_cert:
-            context.load_cert_chain(options.tls_cert, options.tls_key)
-        kwargs["tls"] = context
-    errors = errors or _Errors()
-    kwargs["error_cb"] = errors.record
-    nc = _Connection()
-    try:
-        # nats-py retries a failed first connect as often as it reconnects (for ever
-        # with reconnect on, and 0 means unlimited too): bound the first connect.
-        async with asyncio.timeout(options.connect_timeout):
-            await nc.connect(**kwargs)
-    except (TimeoutError, OSError, nats.errors.Error, ssl.SSLError, ImportError) as exc:
-        with contextlib.suppress(Exception):
-            # A refused connect leaves transports behind otherwise; nats-py's close
-            # of a half-made connection can wait for ever, hence the bound.
-            async with asyncio.timeout(1.0):
-                await nc.close()
-        reason = str(exc) or errors.any or f"no answer within {options.connect_timeout:g}s"
-        if isinstance(exc, TimeoutError) and errors.any:
-            reason = errors.any
-        raise ConnectError(f"cannot connect to NATS at {options.url}: {reason}") from exc
-    return nc
-
-
-async def _quiet(exc: Exception) -> None:
-    return None
-
-
-async def _quiet_cb() -> None:
-    return None
 
 
 def _ack(data: bytes) -> _Ack:

@@ -28,8 +28,9 @@ from ._cli_ops import cmd_runs as _cmd_runs
 from ._cli_render import Printer, want_json
 from ._cli_serve import configure_logging, load_jobs, probe, serve
 from ._client import Client, connect
+from ._connection import ConnectOptions
 from ._errors import ConfigError, InputError, JetlaneError, PayloadTooLarge
-from ._log import ConnectOptions, Names
+from ._names import Names
 from ._runner import Runner, RunnerConfig
 from ._status import summarize
 
