@@ -43,6 +43,12 @@ async def test_metrics_and_readiness(client: Client, start_runner: StartRunner) 
         assert (await get(port, "/nope"))[0] == 404
         await client.start("metered", run_id="m1")
         assert await client.result("m1", timeout=10) == 14
+        ended = 'jetlane_runs_ended_total{job="metered",status="completed"} 1.0'
+
+        async def counted() -> bool:  # the runner counts just after the client sees the end
+            return ended in (await get(port, "/metrics"))[1].splitlines()
+
+        await eventually(counted, what="the run's end to be counted")
         status, text = await get(port, "/metrics")
         assert status == 200
         lines = set(text.splitlines())

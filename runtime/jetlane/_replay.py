@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import hashlib
 import os
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -37,6 +35,19 @@ import msgspec
 import structlog
 
 from . import _history as h
+from ._decisions import Append as Append
+from ._decisions import Blocked as Blocked
+from ._decisions import Decision as Decision
+from ._decisions import Effect as Effect
+from ._decisions import Execute as Execute
+from ._decisions import Finished as Finished
+from ._decisions import Outcome as Outcome
+from ._decisions import Park as Park
+from ._decisions import Schedule as Schedule
+from ._decisions import TimerSpec as TimerSpec
+from ._decisions import Unschedule as Unschedule
+from ._decisions import timer_token as timer_token
+from ._decisions import typed_result
 from ._definition import DEFAULT_RETRY, Job, RetryPolicy
 from ._durations import format_time, parse_time
 from ._errors import (
@@ -55,92 +66,6 @@ current: contextvars.ContextVar[Replay] = contextvars.ContextVar("jetlane_replay
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def timer_token(step: str, purpose: str, attempt: int) -> str:
-    """A subject-safe token for a step's timer: the same on every runner and replay."""
-    digest = hashlib.blake2b(step.encode(), digest_size=8).hexdigest()
-    return f"{purpose}-{attempt}-{digest}"
-
-
-# -- decisions ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Execute:
-    """Run attempt ``attempt`` of step ``step`` and reply with an ``Outcome``."""
-
-    step: str
-    attempt: int
-    fn: Callable[[], Any]
-    timeout: float | None
-
-
-@dataclass(frozen=True)
-class TimerSpec:
-    token: str
-    fire_at: datetime
-    body: h.Timer
-    rearm: bool = False
-
-
-@dataclass(frozen=True)
-class Park:
-    """Nothing to do until an input arrives; ``timers`` are what the run waits on."""
-
-    step: str
-    timers: tuple[TimerSpec, ...] = ()
-
-
-@dataclass(frozen=True)
-class Finished:
-    """The run reached a terminal entry (already in the outbox)."""
-
-    entry: h.RunCompleted | h.RunFailed | h.RunCancelled
-
-
-@dataclass(frozen=True)
-class Blocked:
-    """The code does not match the history; retry once other code is deployed."""
-
-    step: str
-    error: h.ErrorInfo
-
-
-Decision = Execute | Park | Finished | Blocked
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """The driver's reply to ``Execute``."""
-
-    started_at: datetime
-    duration_ms: float
-    result: Any = None
-    error: BaseException | None = None
-
-
-# -- outbox ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Append:
-    body: h.Journal
-
-
-@dataclass(frozen=True)
-class Schedule:
-    token: str
-    fire_at: datetime
-    body: h.Timer
-
-
-@dataclass(frozen=True)
-class Unschedule:
-    token: str  # "*" means every timer of the run
-
-
-Effect = Append | Schedule | Unschedule
 
 
 class _Blocked(BaseException):
@@ -531,7 +456,7 @@ class Replay:
             last = self._last_outcome(step)
             attempt = 1
             if isinstance(last, h.StepCompleted):
-                return _typed_result(last.result, fn)
+                return typed_result(last.result, fn)
             if isinstance(last, h.StepFailed):
                 if last.retry_at is None:
                     raise StepFailed(step, last.attempt, last.error.type, last.error.message)
@@ -685,37 +610,3 @@ def _base(step: str) -> str:
 def _info(exc: BaseException) -> h.ErrorInfo:
     type_, message = describe(exc)
     return h.ErrorInfo(type=type_, message=message)
-
-
-_hint_cache: dict[Any, Any] = {}
-
-
-def _typed_result(value: Any, fn: Callable[[], Any]) -> Any:
-    """A recorded result, shaped as ``fn``'s annotated return type when it has one."""
-    if isinstance(value, msgspec.Raw):
-        value = msgspec.json.decode(value)
-    code = getattr(fn, "__code__", None)
-    if code is None or "return" not in getattr(fn, "__annotations__", {}):
-        return value
-    target = _hint_cache.get(code)
-    if target is None:
-        try:
-            target = typing.get_type_hints(fn).get("return", Any)
-        except Exception:
-            target = Any
-        target = _unwrap_awaitable(target)
-        _hint_cache[code] = target
-    if target is Any:
-        return value
-    try:
-        return msgspec.convert(value, target, strict=False)
-    except (msgspec.ValidationError, TypeError):
-        return value
-
-
-def _unwrap_awaitable(tp: Any) -> Any:
-    origin = typing.get_origin(tp)
-    if origin is not None and getattr(origin, "__name__", "") in ("Coroutine", "Awaitable"):
-        args = typing.get_args(tp)
-        return args[-1] if args else Any
-    return tp

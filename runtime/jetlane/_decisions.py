@@ -1,0 +1,139 @@
+"""What the replay core says: decisions for the driver, effects to write, timer tokens.
+
+The vocabulary of "inputs in, decisions out": the core (``_replay``) returns a
+``Decision`` and leaves ``Effect``s in its outbox; a driver (the runner, or a
+test) acts on them and answers ``Execute`` with an ``Outcome``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from . import _history as h
+
+
+def timer_token(step: str, purpose: str, attempt: int) -> str:
+    """A subject-safe token for a step's timer: the same on every runner and replay."""
+    digest = hashlib.blake2b(step.encode(), digest_size=8).hexdigest()
+    return f"{purpose}-{attempt}-{digest}"
+
+
+# -- decisions ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Execute:
+    """Run attempt ``attempt`` of step ``step`` and reply with an ``Outcome``."""
+
+    step: str
+    attempt: int
+    fn: Callable[[], Any]
+    timeout: float | None
+
+
+@dataclass(frozen=True)
+class TimerSpec:
+    token: str
+    fire_at: datetime
+    body: h.Timer
+    rearm: bool = False
+
+
+@dataclass(frozen=True)
+class Park:
+    """Nothing to do until an input arrives; ``timers`` are what the run waits on."""
+
+    step: str
+    timers: tuple[TimerSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The run reached a terminal entry (already in the outbox)."""
+
+    entry: h.RunCompleted | h.RunFailed | h.RunCancelled
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """The code does not match the history; retry once other code is deployed."""
+
+    step: str
+    error: h.ErrorInfo
+
+
+Decision = Execute | Park | Finished | Blocked
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The driver's reply to ``Execute``."""
+
+    started_at: datetime
+    duration_ms: float
+    result: Any = None
+    error: BaseException | None = None
+
+
+# -- outbox ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Append:
+    body: h.Journal
+
+
+@dataclass(frozen=True)
+class Schedule:
+    token: str
+    fire_at: datetime
+    body: h.Timer
+
+
+@dataclass(frozen=True)
+class Unschedule:
+    token: str  # "*" means every timer of the run
+
+
+Effect = Append | Schedule | Unschedule
+
+
+_hint_cache: dict[Any, Any] = {}
+
+
+def typed_result(value: Any, fn: Callable[[], Any]) -> Any:
+    """A recorded result, shaped as ``fn``'s annotated return type when it has one."""
+    if isinstance(value, msgspec.Raw):
+        value = msgspec.json.decode(value)
+    code = getattr(fn, "__code__", None)
+    if code is None or "return" not in getattr(fn, "__annotations__", {}):
+        return value
+    target = _hint_cache.get(code)
+    if target is None:
+        try:
+            target = typing.get_type_hints(fn).get("return", Any)
+        except Exception:
+            target = Any
+        target = _unwrap_awaitable(target)
+        _hint_cache[code] = target
+    if target is Any:
+        return value
+    try:
+        return msgspec.convert(value, target, strict=False)
+    except (msgspec.ValidationError, TypeError):
+        return value
+
+
+def _unwrap_awaitable(tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is not None and getattr(origin, "__name__", "") in ("Coroutine", "Awaitable"):
+        args = typing.get_args(tp)
+        return args[-1] if args else Any
+    return tp
