@@ -204,12 +204,21 @@ async def test_events_cancel_and_unknown_runs(
     assert response.status_code == 202 and response.json() == {"run_id": "a1", "type": "approve"}
     assert await client.result("a1", timeout=10) == {"by": "ops"}
 
+    response = await http.post("/runs/a2/pause", json={"reason": "freeze"})
+    assert response.status_code == 202 and response.json() == {"run_id": "a2", "paused": True}
+    assert (await status_of(http, "a2"))["paused"] is True
+    response = await http.post("/runs/a2/resume")
+    assert response.status_code == 202 and response.json() == {"run_id": "a2", "paused": False}
+    assert (await status_of(http, "a2"))["paused"] is False
     response = await http.post("/runs/a2/cancel", json={"reason": "not needed"})
     assert response.status_code == 202 and response.json() == {"run_id": "a2", "cancelled": True}
     await eventually(lambda: _has_status(http, "a2", "cancelled"), what="the cancel to land")
     assert (await status_of(http, "a2"))["error"]["message"] == "not needed"
     response = await http.post("/runs/a2/cancel")  # no body: the reason is optional
     assert response.status_code == 409 and error(response)["type"] == "RunEnded"
+    for control in ("pause", "resume"):
+        response = await http.post(f"/runs/a2/{control}")
+        assert response.status_code == 409 and error(response)["type"] == "RunEnded"
 
     missing = {"run_id": "ghost", "type": "approve"}
     assert (await http.post("/runs/events", json=missing)).status_code == 404
@@ -217,6 +226,8 @@ async def test_events_cancel_and_unknown_runs(
         ("GET", "/runs/ghost"),
         ("GET", "/runs/ghost/history"),
         ("POST", "/runs/ghost/cancel"),
+        ("POST", "/runs/ghost/pause"),
+        ("POST", "/runs/ghost/resume"),
     ]:
         response = await http.request(method, path)
         assert response.status_code == 404 and error(response)["type"] == "RunNotFound"

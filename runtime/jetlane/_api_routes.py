@@ -30,6 +30,7 @@ from ._api_errors import ApiError, json_response, log
 from ._api_schema import (
     CancelAccepted,
     CancelRequest,
+    ControlAccepted,
     EventAccepted,
     EventRequest,
     Health,
@@ -125,6 +126,21 @@ class Endpoints:
         if not await self.client.cancel(run_id, req.reason):
             raise ApiError(409, "RunEnded", f"run {run_id!r} has already ended")
         return json_response(CancelAccepted(run_id=run_id, cancelled=True), 202)
+
+    async def pause(self, request: Request) -> Response:
+        """POST /runs/{id}/pause."""
+        run_id = self._run_id(request)
+        req = await self._body(request, CancelRequest, optional=True)
+        if not await self.client.pause(run_id, req.reason):
+            raise ApiError(409, "RunEnded", f"run {run_id!r} has already ended")
+        return json_response(ControlAccepted(run_id=run_id, paused=True), 202)
+
+    async def resume(self, request: Request) -> Response:
+        """POST /runs/{id}/resume."""
+        run_id = self._run_id(request)
+        if not await self.client.resume(run_id):
+            raise ApiError(409, "RunEnded", f"run {run_id!r} has already ended")
+        return json_response(ControlAccepted(run_id=run_id, paused=False), 202)
 
     async def list_runs(self, request: Request) -> Response:
         """GET /runs?job=&status=&limit=&cursor=."""

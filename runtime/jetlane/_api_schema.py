@@ -66,6 +66,11 @@ class CancelAccepted(msgspec.Struct, kw_only=True):
     cancelled: bool
 
 
+class ControlAccepted(msgspec.Struct, kw_only=True):
+    run_id: str
+    paused: bool
+
+
 class RunPage(msgspec.Struct, kw_only=True):
     """One page of runs, newest first; pass ``next_cursor`` as ``cursor`` for the next."""
 
@@ -251,6 +256,31 @@ def openapi(*, secured: bool, version: str) -> dict[str, Any]:
                 parameters=[_ID_PARAM],
                 requestBody=_body(CancelRequest, required=False),
                 description="409: the run has already ended.",
+            )
+        },
+        "/runs/{id}/pause": {
+            "post": _op(
+                "Pause a run",
+                {
+                    "202": _json(ControlAccepted, "the pause is in the run's mailbox"),
+                    **_errors(400, 404, 409, 413, 422, 503),
+                },
+                secured=s,
+                parameters=[_ID_PARAM],
+                requestBody=_body(CancelRequest, required=False),
+                description="No new step starts until a resume; 409: the run has ended.",
+            )
+        },
+        "/runs/{id}/resume": {
+            "post": _op(
+                "Resume a paused run",
+                {
+                    "202": _json(ControlAccepted, "the resume is in the run's mailbox"),
+                    **_errors(404, 409, 503),
+                },
+                secured=s,
+                parameters=[_ID_PARAM],
+                description="409: the run has ended.",
             )
         },
         "/openapi.json": {

@@ -8,6 +8,8 @@ Routes (every error body is ``{"error": {"type", "message"[, "field"]}}``)::
     GET  /runs/{id}            the run's status
     GET  /runs/{id}/history    the log as JSON; Accept: text/event-stream follows it live
     POST /runs/{id}/cancel     {reason?}                  202
+    POST /runs/{id}/pause      {reason?}                  202
+    POST /runs/{id}/resume                                202
     GET  /openapi.json, /healthz, /readyz
 
 Starlette was chosen over a larger framework: it is small, maintained, built
@@ -120,6 +122,8 @@ def create_app(
         Route("/runs/{id}", guarded(api.status), methods=["GET"]),
         Route("/runs/{id}/history", guarded(api.history), methods=["GET"]),
         Route("/runs/{id}/cancel", guarded(api.cancel), methods=["POST"]),
+        Route("/runs/{id}/pause", guarded(api.pause), methods=["POST"]),
+        Route("/runs/{id}/resume", guarded(api.resume), methods=["POST"]),
         Route("/openapi.json", api.openapi, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/readyz", guarded(api.readyz), methods=["GET"]),
