@@ -14,26 +14,43 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class RunnerProcess:
-    def __init__(self, url: str, names: Names, exec_log: Path, **flags: float) -> None:
-        args = [
-            sys.executable,
-            "-m",
-            "tests.procs.runner_main",
-            "--url",
-            url,
-            "--prefix",
-            names.prefix,
-            "--stream",
-            names.stream,
-        ]
-        for key, value in flags.items():
+    """A runner process (``module`` serves its jobs); its output goes to a file of its own."""
+
+    module = "tests.procs.runner_main"
+
+    def __init__(
+        self,
+        url: str,
+        names: Names,
+        exec_log: Path,
+        *,
+        tag: str | None = None,
+        flags: dict[str, float] | None = None,
+    ) -> None:
+        args = [sys.executable, "-m", self.module, "--url", url]
+        args += ["--prefix", names.prefix, "--stream", names.stream]
+        for key, value in (flags or {}).items():
             args += [f"--{key.replace('_', '-')}", str(value)]
         env = {**os.environ, "JETLANE_TEST_EXEC_LOG": str(exec_log)}
-        self.log_path = exec_log.with_suffix(f".runner{id(self)}.log")
-        with open(self.log_path, "wb") as out:
+        self.log_path = exec_log.with_name(f"runner-{tag or id(self)}.log")
+        with open(self.log_path, "ab") as out:
             self.process = subprocess.Popen(
                 args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
             )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def rss_kib(self) -> int:
+        """Resident set size of the process, from /proc."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError(f"no VmRSS for pid {self.pid}")
 
     def kill(self) -> None:
         if self.process.poll() is None:

@@ -120,7 +120,7 @@ async def test_malformed_flood_is_dead_lettered_and_valid_runs_complete(
 ) -> None:
     log = await Log.open(options, names, lease_ttl=2.0)
     client = Client(log)
-    runner = ChaosRunner(options.url, names, tmp_path / "exec.txt", "flood")
+    runner = ChaosRunner(options.url, names, tmp_path / "exec.txt", tag="flood")
     pad = "x" * 32_000
     bad: dict[int, str] = {}  # stream sequence -> subject
     valid: list[str] = []

@@ -32,7 +32,7 @@ def spawn(nats_server: EmbeddedNats, names: Names, exec_log: Path) -> Iterator[S
     procs: list[RunnerProcess] = []
 
     def start(url: str | None = None, **flags: float) -> RunnerProcess:
-        proc = RunnerProcess(url or nats_server.url, names, exec_log, **flags)
+        proc = RunnerProcess(url or nats_server.url, names, exec_log, flags=flags)
         procs.append(proc)
         return proc
 

@@ -2,62 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
-from jetlane import Names
 from jetlane import _history as h
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+from ..processes import RunnerProcess
 
 
-class ChaosRunner:
-    """One ``tests.chaos.runner_main`` process; its output goes to a file of its own."""
+class ChaosRunner(RunnerProcess):
+    """One ``tests.chaos.runner_main`` process (the chaos jobs)."""
 
-    def __init__(self, url: str, names: Names, exec_log: Path, tag: str, **flags: float) -> None:
-        args = [sys.executable, "-m", "tests.chaos.runner_main", "--url", url]
-        args += ["--prefix", names.prefix, "--stream", names.stream]
-        for key, value in flags.items():
-            args += [f"--{key.replace('_', '-')}", str(value)]
-        env = {**os.environ, "JETLANE_TEST_EXEC_LOG": str(exec_log)}
-        self.log_path = exec_log.with_name(f"runner-{tag}.log")
-        with open(self.log_path, "ab") as out:
-            self.process = subprocess.Popen(
-                args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
-            )
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
-
-    def terminate(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-
-    def wait(self, timeout: float) -> int:
-        return self.process.wait(timeout)
-
-    def rss_kib(self) -> int:
-        """Resident set size of the process, from /proc."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise AssertionError(f"no VmRSS for pid {self.pid}")
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
+    module = "tests.chaos.runner_main"
 
 
 def executions(exec_log: Path) -> Counter[str]:

@@ -47,7 +47,9 @@ async def test_chaos_sigkill_random_runners(
     def spawn() -> ChaosRunner:
         nonlocal spawned
         spawned += 1
-        return ChaosRunner(options.url, names, exec_log, str(spawned), ack_wait=2, lease_ttl=2)
+        return ChaosRunner(
+            options.url, names, exec_log, tag=str(spawned), flags={"ack_wait": 2, "lease_ttl": 2}
+        )
 
     runners = [spawn() for _ in range(RUNNERS)]
     kills = 0
