@@ -14,9 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class RunnerProcess:
-    """A runner process (``module`` serves its jobs); its output goes to a file of its own."""
+    """A ``tests.procs.runner_main`` process serving ``jobs``; its output goes to a file."""
 
-    module = "tests.procs.runner_main"
+    jobs = "tests.procs.jobs"
 
     def __init__(
         self,
@@ -27,7 +27,7 @@ class RunnerProcess:
         tag: str | None = None,
         flags: dict[str, float] | None = None,
     ) -> None:
-        args = [sys.executable, "-m", self.module, "--url", url]
+        args = [sys.executable, "-m", "tests.procs.runner_main", "--jobs", self.jobs, "--url", url]
         args += ["--prefix", names.prefix, "--stream", names.stream]
         for key, value in (flags or {}).items():
             args += [f"--{key.replace('_', '-')}", str(value)]

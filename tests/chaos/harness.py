@@ -11,9 +11,9 @@ from ..processes import RunnerProcess
 
 
 class ChaosRunner(RunnerProcess):
-    """One ``tests.chaos.runner_main`` process (the chaos jobs)."""
+    """A runner process serving the chaos jobs."""
 
-    module = "tests.chaos.runner_main"
+    jobs = "tests.chaos.jobs"
 
 
 def executions(exec_log: Path) -> Counter[str]:

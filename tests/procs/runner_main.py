@@ -1,27 +1,31 @@
-"""A runner process for fault tests: serves tests.procs.jobs until SIGTERM."""
+"""A runner process for fault tests: serves a test jobs module until SIGTERM (or SIGKILL)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import signal
 
 import structlog
 
 from jetlane import ConnectOptions, Log, Names, Runner, RunnerConfig, registry
 
-from . import jobs  # noqa: F401  (registers the jobs)
-
 
 async def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--url", required=True)
+    parser.add_argument(
+        "--jobs", default="tests.procs.jobs", help="test module whose jobs to serve"
+    )
+    parser.add_argument("--url", required=True, help="one URL or a comma-separated list")
     parser.add_argument("--prefix", required=True)
     parser.add_argument("--stream", required=True)
     parser.add_argument("--ack-wait", type=float, default=2.0)
     parser.add_argument("--lease-ttl", type=float, default=2.0)
     parser.add_argument("--drain-timeout", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, default=100)
     args = parser.parse_args()
+    importlib.import_module(args.jobs)  # registers its @jobs
     structlog.configure(processors=[structlog.processors.JSONRenderer()])
     log = await Log.open(
         ConnectOptions(url=args.url), Names(args.prefix, args.stream), lease_ttl=args.lease_ttl
@@ -29,7 +33,11 @@ async def main() -> None:
     runner = Runner(
         log,
         registry(),
-        config=RunnerConfig(ack_wait=args.ack_wait, drain_timeout=args.drain_timeout),
+        config=RunnerConfig(
+            ack_wait=args.ack_wait,
+            drain_timeout=args.drain_timeout,
+            concurrency=args.concurrency,
+        ),
     )
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, runner.stop)
