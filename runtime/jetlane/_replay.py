@@ -49,6 +49,7 @@ from ._decisions import Unschedule as Unschedule
 from ._decisions import timer_token as timer_token
 from ._decisions import typed_result
 from ._definition import DEFAULT_RETRY, Job, RetryPolicy
+from ._determinism import ADVICE, ATOM_CALL, Diverged, atom_of, base_name
 from ._durations import format_time, parse_time
 from ._errors import (
     ConfigError,
@@ -66,30 +67,6 @@ current: contextvars.ContextVar[Replay] = contextvars.ContextVar("jetlane_replay
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-class _Blocked(BaseException):
-    """Engine control flow: unwinds the handler when replay diverges."""
-
-    def __init__(self, step: str, message: str) -> None:
-        super().__init__(message)
-        self.step = step
-        self.message = message
-
-
-def _atom_of(body: Any) -> str | None:
-    if isinstance(body, h.StepCompleted | h.StepFailed):
-        return "do"
-    if isinstance(body, h.TimerSet):
-        return {"retry": "do", "sleep": "sleep", "wait_timeout": "wait"}.get(body.purpose)
-    if isinstance(body, h.SleepCompleted):
-        return "sleep"
-    if isinstance(body, h.WaitStarted | h.EventReceived | h.WaitTimedOut):
-        return "wait"
-    return None
-
-
-_ATOM_CALL = {"do": "step.do", "sleep": "step.sleep", "wait": "step.wait_for_event"}
 
 
 @dataclass
@@ -139,6 +116,7 @@ class Replay:
         self.paused = False
         self._held: Execute | None = None
         self._armed: set[str] = set()
+        self._has_timers = False  # any timer_set seen or emitted: a finish purges timers
         self._occurrences: dict[str, int] = {}
         self._atoms = 0
         self._task: asyncio.Task[None] | None = None
@@ -180,13 +158,15 @@ class Replay:
 
     def _apply(self, body: Any) -> None:
         self.last_entry = body
-        atom = _atom_of(body)
+        atom = atom_of(body)
         if atom is not None:
             step = self._steps.get(body.step)
             if step is None:
                 step = self._steps[body.step] = _Step(atom)
                 self._order.append(body.step)
             step.entries.append(body)
+            if isinstance(body, h.TimerSet):
+                self._has_timers = True
             if isinstance(body, h.EventReceived | h.WaitTimedOut) and body.input_seq is not None:
                 self._consumed.add(body.input_seq)
         elif isinstance(body, h.ValuesRecorded):
@@ -266,7 +246,7 @@ class Replay:
                     # The history proves an earlier version took this input: the
                     # input type changed under a running run.
                     return self._block(
-                        self._order[0], f"{exc}, but the history records steps" + _ADVICE
+                        self._order[0], f"{exc}, but the history records steps" + ADVICE
                     )
                 return self._finish(h.RunFailed(error=_info(exc)))
             ctx = contextvars.copy_context()
@@ -314,7 +294,7 @@ class Replay:
                 output = await handler(self.context, value)
             else:
                 output = await handler(self.context)
-        except _Blocked as blocked:
+        except Diverged as blocked:
             self._wake_with(self._block(blocked.step, blocked.message))
             return
         except Exception as exc:
@@ -355,7 +335,7 @@ class Replay:
 
     def _finish(self, entry: h.RunCompleted | h.RunFailed | h.RunCancelled) -> Finished:
         self._emit(entry)
-        if self._armed or any(isinstance(e, h.TimerSet) for e in self._timer_entries()):
+        if self._has_timers:
             self.outbox.append(Unschedule("*"))
         return Finished(entry)
 
@@ -369,8 +349,8 @@ class Replay:
         return self._block(
             step,
             f"the handler {what}, but the history records "
-            f"{_ATOM_CALL[self._steps[step].atom]}({_base(step)!r}) as step "
-            f"#{self._atoms + 1} ({step!r})" + _ADVICE,
+            f"{ATOM_CALL[self._steps[step].atom]}({base_name(step)!r}) as step "
+            f"#{self._atoms + 1} ({step!r})" + ADVICE,
         )
 
     def _block(self, step: str, message: str) -> Blocked:
@@ -383,9 +363,6 @@ class Replay:
             self._emit(entry)
         self._blocked = Blocked(step, info)
         return self._blocked
-
-    def _timer_entries(self) -> list[Any]:
-        return [e for step in self._steps.values() for e in step.entries]
 
     def _limit_text(self) -> str:
         return (
@@ -408,11 +385,11 @@ class Replay:
             recorded = self._order[index]
             rec_atom = self._steps[recorded].atom
             if (recorded, rec_atom) != (step, atom):
-                raise _Blocked(
+                raise Diverged(
                     step,
-                    f"step #{index + 1} is recorded as {_ATOM_CALL[rec_atom]}"
-                    f"({_base(recorded)!r}) (step id {recorded!r}), but the code now calls "
-                    f"{_ATOM_CALL[atom]}({name!r}) (step id {step!r})" + _ADVICE,
+                    f"step #{index + 1} is recorded as {ATOM_CALL[rec_atom]}"
+                    f"({base_name(recorded)!r}) (step id {recorded!r}), but the code now calls "
+                    f"{ATOM_CALL[atom]}({name!r}) (step id {step!r})" + ADVICE,
                 )
         self.current_step = step
         return step
@@ -434,10 +411,10 @@ class Replay:
             return parse(recorded)
         except (TypeError, ValueError):
             step = self.current_step or (self._order[0] if self._order else "(start)")
-            raise _Blocked(
+            raise Diverged(
                 step,
                 f"recorded value #{index + 1} is {recorded!r}, which {call} did not make; "
-                "ctx.now()/uuid()/random() are matched by call order" + _ADVICE,
+                "ctx.now()/uuid()/random() are matched by call order" + ADVICE,
             ) from None
 
     def now(self) -> datetime:
@@ -593,18 +570,6 @@ class Replay:
         rearm = token not in self._armed
         self._armed.add(token)
         await self._request(Park(step, (TimerSpec(token, fire_at, body, rearm),)))
-
-
-_ADVICE = (
-    ". The job's code changed under a running run: deploy code that issues the recorded "
-    "steps in the same order (put new logic behind a new job name or a new step after "
-    "the recorded ones), or cancel the run. The run is blocked, not failed, and resumes "
-    "once compatible code serves it."
-)
-
-
-def _base(step: str) -> str:
-    return step.rsplit("#", 1)[0] if "#" in step else step
 
 
 def _info(exc: BaseException) -> h.ErrorInfo:

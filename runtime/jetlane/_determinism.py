@@ -1,0 +1,50 @@
+"""Non-determinism: how replay tells that a job's code no longer matches its history.
+
+Matching is positional: the k-th atom the handler calls must be the k-th step
+the journal records, with the same step id and the same atom. ``Diverged``
+unwinds the handler when it does not; the run is then blocked (not failed)
+with a message that names the recorded step, what the code asked for, and
+what to do about it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _history as h
+
+
+class Diverged(BaseException):
+    """Engine control flow: unwinds the handler when replay diverges."""
+
+    def __init__(self, step: str, message: str) -> None:
+        super().__init__(message)
+        self.step = step
+        self.message = message
+
+
+def atom_of(body: Any) -> str | None:
+    if isinstance(body, h.StepCompleted | h.StepFailed):
+        return "do"
+    if isinstance(body, h.TimerSet):
+        return {"retry": "do", "sleep": "sleep", "wait_timeout": "wait"}.get(body.purpose)
+    if isinstance(body, h.SleepCompleted):
+        return "sleep"
+    if isinstance(body, h.WaitStarted | h.EventReceived | h.WaitTimedOut):
+        return "wait"
+    return None
+
+
+ATOM_CALL = {"do": "step.do", "sleep": "step.sleep", "wait": "step.wait_for_event"}
+
+
+ADVICE = (
+    ". The job's code changed under a running run: deploy code that issues the recorded "
+    "steps in the same order (put new logic behind a new job name or a new step after "
+    "the recorded ones), or cancel the run. The run is blocked, not failed, and resumes "
+    "once compatible code serves it."
+)
+
+
+def base_name(step: str) -> str:
+    return step.rsplit("#", 1)[0] if "#" in step else step
