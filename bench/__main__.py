@@ -32,6 +32,7 @@ from . import (
     w4_long,
     w5_parked,
     w6_read,
+    w7_sporadic,
 )
 from ._harness import Bench, Settings
 
@@ -42,6 +43,7 @@ WORKLOADS: dict[str, Callable[[Bench], Awaitable[None]]] = {
     "W4": w4_long.run,
     "W5": w5_parked.run,
     "W6": w6_read.run,
+    "W7": w7_sporadic.run,
 }
 
 

@@ -19,6 +19,7 @@ PUBLIC = {
     "Names",
     "NonDeterminismError",
     "NonRetryableError",
+    "OrchestratorOnly",
     "PayloadTooLarge",
     "Plugins",
     "RetryPolicy",

@@ -21,6 +21,7 @@ from ._errors import InputError as InputError
 from ._errors import JetlaneError as JetlaneError
 from ._errors import NonDeterminismError as NonDeterminismError
 from ._errors import NonRetryableError as NonRetryableError
+from ._errors import OrchestratorOnly as OrchestratorOnly
 from ._errors import PayloadTooLarge as PayloadTooLarge
 from ._errors import RunAlreadyExists as RunAlreadyExists
 from ._errors import RunFailedError as RunFailedError
@@ -51,6 +52,7 @@ __all__ = [
     "Names",
     "NonDeterminismError",
     "NonRetryableError",
+    "OrchestratorOnly",
     "PayloadTooLarge",
     "Plugins",
     "RetryPolicy",

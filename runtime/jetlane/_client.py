@@ -73,15 +73,34 @@ class Client:
         body = h.Start(job=job, input=input)
         self._check_size("input", body)
         await self._validate(job, input)
-        try:
-            ack = await self.log.publish_input(
-                run_id, body, create_once=True, msg_id=f"start:{run_id}"
-            )
-        except FenceLost:
-            raise RunAlreadyExists(run_id) from None
-        if ack.duplicate:
-            raise RunAlreadyExists(run_id)
+        await self._create_once(run_id, body)
         return RunHandle(run_id, self)
+
+    async def _create_once(self, run_id: str, body: h.Start) -> None:
+        """Store the start unless the run has one: ``RunAlreadyExists`` otherwise.
+
+        The start is fenced on the inbox's last sequence: 0 at first (the usual
+        case: one round trip). Anyone may publish on a run's inbox, so an event
+        may be there before the start; then the inbox is read, and the start is
+        fenced on what was read, which proves that no start is stored before it
+        (a concurrent start moves the sequence and the fence refuses ours).
+        """
+        expected = 0
+        for _ in range(100):
+            try:
+                ack = await self.log.publish_input(
+                    run_id, body, expected=expected, msg_id=f"start:{run_id}"
+                )
+            except FenceLost:
+                inputs = await self.log.read_inputs(run_id)
+                if any(isinstance(m.body, h.Start) for m in inputs):
+                    raise RunAlreadyExists(run_id) from None
+                expected = max((m.seq for m in inputs), default=0)
+                continue
+            if ack.duplicate:
+                raise RunAlreadyExists(run_id)
+            return
+        raise RunAlreadyExists(run_id)  # the inbox never stopped changing: treat as taken
 
     async def _validate(self, job: str, input: Any) -> None:
         local = get_job(job)
@@ -150,8 +169,11 @@ class Client:
         status = summarize(run_id, await self.log.read(run_id))
         if status is None:
             raise RunNotFound(run_id)
-        if status.status == "queued" and not await self.served(status.job):
-            status.detail = f"no runner serves job {status.job!r}; the run starts when one does"
+        if status.status == "queued":
+            if not await self.served(status.job):
+                status.detail = f"no runner serves job {status.job!r}; the run starts when one does"
+            elif await self.log.lease_holder(run_id) is not None:
+                status.status = "running"  # a runner has it: its first step is under way
         return status
 
     async def served(self, job: str) -> bool:

@@ -18,6 +18,8 @@ The tree, split by what the caller does next::
         └── EventTimeout              a wait_for_event whose timeout passed first
 
     NonRetryableError                 raised by user code in step.do: fail now, no retry
+    └── OrchestratorOnly              ctx.now()/uuid()/random() called inside a step
+                                      (also a ConfigError)
 
 Engine control flow (a run suspending, a replay that must stop) uses private
 ``BaseException`` subclasses so that a handler's ``except Exception`` cannot
@@ -122,3 +124,11 @@ class NonRetryableError(Exception):
 def describe(exc: BaseException) -> tuple[str, str]:
     """The (type, message) pair a journal entry records for an exception."""
     return type(exc).__name__, str(exc) or repr(exc)
+
+
+class OrchestratorOnly(ConfigError, NonRetryableError):
+    """``ctx.now()/uuid()/random()`` called inside a step function: fails the step at once.
+
+    Their values are recorded in the journal for the handler's replays; a step
+    function is not replayed, so a value made there would never be reproduced.
+    """

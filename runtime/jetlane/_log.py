@@ -217,21 +217,38 @@ class Log(StreamSetup):
         body: h.Input,
         *,
         create_once: bool = False,
+        expected: int | None = None,
         msg_id: str | None = None,
     ) -> _Ack:
+        """Publish an input; ``expected`` fences it on the inbox's last sequence
+        (``create_once`` is ``expected=0``)."""
         headers = {h.KIND_HEADER: h.kind_of(body), h.VERSION_HEADER: h.VERSION}
         if create_once:
-            headers["Nats-Expected-Last-Subject-Sequence"] = "0"
+            expected = 0
+        if expected is not None:
+            headers["Nats-Expected-Last-Subject-Sequence"] = str(expected)
         if msg_id is not None:
             headers["Nats-Msg-Id"] = msg_id
         return await self._publish(self.names.inbox(run_id), h.encode(body), headers)
 
     async def append(self, run_id: str, body: h.Journal, expected: int) -> int:
-        """Append a journal entry, fenced on the journal's last sequence; ``FenceLost`` if stale."""
+        """Append a journal entry, fenced on the last sequence of the *whole run*.
+
+        ``expected`` is the last sequence the caller has seen on the run's inbox
+        and journal together. The server refuses the append (``FenceLost``) when
+        anything landed after it: another runner's entry, or a new input (a cancel,
+        a pause, an event). So an append that succeeds also proves that no input
+        came since the caller last read the log, for free: a runner that starts its
+        next step after such an append cannot have missed a stored cancel or pause.
+        The caller tells the two apart by reading the tail.
+        """
         headers = {
             h.KIND_HEADER: h.kind_of(body),
             h.VERSION_HEADER: h.VERSION,
             "Nats-Expected-Last-Subject-Sequence": str(expected),
+            "Nats-Expected-Last-Subject-Sequence-Subject": self.names.run_inputs_and_journal(
+                run_id
+            ),
         }
         return (await self._publish(self.names.journal(run_id), h.encode(body), headers)).seq
 
@@ -333,6 +350,54 @@ class Log(StreamSetup):
                 ids.append(parsed[0])
         return ids
 
+    # -- waiting runs (unserved job, blocked code) -----------------------------
+
+    async def mark_waiting(self, run_id: str, job: str, why: str) -> None:
+        """Remember a run that no runner can advance now; ``wake_scan`` finds it again."""
+        record = msgspec.json.encode({"job": job, "why": why})
+        await self._publish(self.names.waiting(run_id), record, {})
+        if why == "unserved":
+            # Best effort, for a runner that already serves the job (the mark is what
+            # counts). Never for a blocked run: the runners that would hear it run
+            # the code that just blocked it.
+            await self.nc.publish(self.names.wake(job), run_id.encode())
+
+    async def clear_waiting(self, run_id: str) -> None:
+        await self._purge(self.names.waiting_stream, self.names.waiting(run_id))
+
+    async def waiting_runs(self) -> AsyncIterator[tuple[str, str, str]]:
+        """(run id, job, why) of every run marked waiting (an ordered consumer: any count)."""
+        stream = self.names.waiting_stream
+        info = await self.js.stream_info(stream)
+        if not info.state.messages:
+            return
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)
+        sub = await self.js.subscribe(
+            f"{self.names.prefix}.waiting.*",
+            stream=stream,
+            ordered_consumer=True,
+            config=config,
+            idle_heartbeat=2.0,
+        )
+        prefix = len(self.names.waiting(""))
+        try:
+            while True:
+                try:
+                    raw = await sub.next_msg(timeout=self.timeout)
+                except nats.errors.TimeoutError:
+                    return
+                try:
+                    record = msgspec.json.decode(raw.data)
+                    job, why = str(record["job"]), str(record.get("why", ""))
+                except (msgspec.DecodeError, KeyError, TypeError):
+                    continue
+                yield raw.subject[prefix:], job, why
+                if raw.metadata.num_pending == 0:
+                    return
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
     # -- leases ---------------------------------------------------------------
 
     async def acquire(self, run_id: str, holder: str) -> int | None:
@@ -345,6 +410,16 @@ class Log(StreamSetup):
     async def renew(self, run_id: str, holder: str, seq: int) -> int:
         """Extend our lease (``FenceLost`` when it expired and was taken)."""
         return (await self._lease_publish(run_id, holder, seq)).seq
+
+    async def lease_holder(self, run_id: str) -> str | None:
+        """Who holds the run's lease now (a runner id), or None."""
+        direct = f"$JS.API.DIRECT.GET.{self.names.lease_stream}"
+        reply = await self._request(
+            direct, msgspec.json.encode({"last_by_subj": self.names.lease(run_id)})
+        )
+        if (reply.headers or {}).get("Status") is not None:
+            return None
+        return reply.data.decode("utf-8", "replace")
 
     async def release(self, run_id: str, seq: int) -> None:
         # Awaited: the server runs API requests apart from publishes, so an

@@ -51,6 +51,22 @@ class Names:
     def lease(self, run_id: str) -> str:
         return f"{self.prefix}.lease.{run_id}"
 
+    def waiting(self, run_id: str) -> str:
+        """A run nobody can advance now (its job unserved, or blocked), kept to be woken."""
+        return f"{self.prefix}.waiting.{run_id}"
+
+    @property
+    def waiting_stream(self) -> str:
+        return f"{self.stream}_WAITING"
+
+    def wake(self, job_name: str) -> str:
+        """Where runners serving ``job_name`` hear "a waiting run of yours can go on"."""
+        return f"{self.prefix}.api.wake.{job_name}"
+
+    def run_inputs_and_journal(self, run_id: str) -> str:
+        """Both subjects of one run: the scope of the journal's fence."""
+        return f"{self.prefix}.run.{run_id}.*"
+
     @property
     def all_inboxes(self) -> str:
         return f"{self.prefix}.run.*.in"

@@ -56,12 +56,18 @@ from ._errors import (
     EventTimeout,
     InputError,
     NonRetryableError,
+    OrchestratorOnly,
     PayloadTooLarge,
     StepFailed,
     describe,
 )
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024 - 16 * 1024
+# A recorded error message is cut to this many characters: an exception's text is
+# not bounded by anything the user controls (a 2 MB message would make the append
+# itself fail, and the step would run again and again with nothing recorded).
+MAX_ERROR_CHARS = 8 * 1024
+VALUES_PER_ENTRY = 1000  # ctx.now/uuid/random values are < 64 bytes each
 current: contextvars.ContextVar[Replay] = contextvars.ContextVar("jetlane_replay")
 
 
@@ -98,6 +104,7 @@ class Replay:
         self.outbox: list[Effect] = []
         self.last_seq = 0
         self.out_seq = 0
+        self.inputs = 0  # input messages ingested so far
         self.start: h.Start | None = None
         self.start_seq = 0
         self.terminal: h.RunCompleted | h.RunFailed | h.RunCancelled | None = None
@@ -117,6 +124,7 @@ class Replay:
         self._held: Execute | None = None
         self._armed: set[str] = set()
         self._has_timers = False  # any timer_set seen or emitted: a finish purges timers
+        self._swept = False
         self._occurrences: dict[str, int] = {}
         self._atoms = 0
         self._task: asyncio.Task[None] | None = None
@@ -137,6 +145,7 @@ class Replay:
             self.out_seq = msg.seq
             self._apply(msg.body)
         elif msg.seq > self.last_seq:
+            self.inputs += 1
             body = msg.body
             if isinstance(body, h.Start):
                 if self.start is None:
@@ -155,6 +164,7 @@ class Replay:
     def appended(self, seq: int) -> None:
         """The driver wrote the next outbox entry; it now sits at ``seq``."""
         self.out_seq = seq
+        self.last_seq = max(self.last_seq, seq)
 
     def _apply(self, body: Any) -> None:
         self.last_entry = body
@@ -175,13 +185,17 @@ class Replay:
             self.terminal = body
 
     def _emit(self, body: h.Journal) -> None:
-        if self._new_values:
-            values = h.ValuesRecorded(values=self._new_values)
-            self._new_values = []
-            self._apply(values)
-            self.outbox.append(Append(values))
+        self._record_values()
         self._apply(body)
         self.outbox.append(Append(body))
+
+    def _record_values(self) -> None:
+        new, self._new_values = self._new_values, []
+        for at in range(0, len(new), VALUES_PER_ENTRY):
+            # Chunked: a loop of ctx.uuid() calls must not make one entry too big to append.
+            values = h.ValuesRecorded(values=new[at : at + VALUES_PER_ENTRY])
+            self._apply(values)
+            self.outbox.append(Append(values))
 
     def _schedule(self, step: str, purpose: str, attempt: int, fire_at: datetime) -> str:
         token = timer_token(step, purpose, attempt)
@@ -220,8 +234,22 @@ class Replay:
     def _paused_park(self) -> Park:
         return Park(self.current_step or "")
 
+    def hold(self, decision: Execute) -> Park:
+        """A pause came in after ``decision`` was made: keep it for ``resume``."""
+        self._held = decision
+        return self._paused_park()
+
+    def fired(self, token: str) -> bool:
+        """Whether a timer input for ``token`` is in the inbox (it wakes; time decides)."""
+        return token in self._timers
+
     async def _next(self, reply: Any = None) -> Decision:
         if self.terminal is not None:
+            if self._has_timers and not self._swept:
+                # Found ended by a replay: the purge after the terminal entry may have
+                # failed in the session that wrote it. Purging twice is harmless.
+                self._swept = True
+                self.outbox.append(Unschedule("*"))
             return Finished(self.terminal)
         if self._cancel is not None:
             return self._cancel_now(*self._cancel)
@@ -297,7 +325,16 @@ class Replay:
         except Diverged as blocked:
             self._wake_with(self._block(blocked.step, blocked.message))
             return
-        except Exception as exc:
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # close(): the driver dropped the handler
+            exc = asyncio.CancelledError("the handler raised CancelledError")
+            self._wake_with(self._finish(h.RunFailed(error=_info(exc))))
+            return
+        except BaseException as exc:
+            # Exception, and also SystemExit/KeyboardInterrupt raised by handler code:
+            # the run must get a decision, or its session would wait forever.
             if self._atoms < len(self._order):
                 # Deterministic code cannot raise where it once went on: the code changed.
                 self._wake_with(self._diverged(f"raised {type(exc).__name__}: {exc}"))
@@ -310,7 +347,7 @@ class Replay:
         try:
             raw = msgspec.json.encode(output)
         except (TypeError, ValueError) as exc:
-            info = h.ErrorInfo(type="OutputError", message=f"cannot record the output: {exc}")
+            info = bounded_error("OutputError", f"cannot record the output: {exc}")
             self._wake_with(self._finish(h.RunFailed(error=info)))
             return
         if len(raw) > self.max_payload:
@@ -336,12 +373,16 @@ class Replay:
     def _finish(self, entry: h.RunCompleted | h.RunFailed | h.RunCancelled) -> Finished:
         self._emit(entry)
         if self._has_timers:
+            self._swept = True
             self.outbox.append(Unschedule("*"))
         return Finished(entry)
 
     def _cancel_now(self, seq: int, cancel: h.Cancel) -> Finished:
         self.close()
-        return self._finish(h.RunCancelled(reason=cancel.reason, input_seq=seq))
+        reason = cancel.reason
+        if reason is not None and len(reason) > MAX_ERROR_CHARS:
+            reason = reason[:MAX_ERROR_CHARS] + "... [cut]"
+        return self._finish(h.RunCancelled(reason=reason, input_seq=seq))
 
     def _diverged(self, what: str) -> Blocked:
         """The handler ended (``what``) before the steps the history records."""
@@ -354,12 +395,17 @@ class Replay:
         )
 
     def _block(self, step: str, message: str) -> Blocked:
-        info = h.ErrorInfo(type="NonDeterminismError", message=message)
+        info = bounded_error("NonDeterminismError", message)
         entry = h.RunBlocked(step=step, error=info)
         # Values read by code that does not match the history must not be
         # replayed into the compatible code that resumes the run.
         self._new_values = []
-        if self.last_entry != entry:
+        last = self.last_entry
+        if not (
+            isinstance(last, h.RunBlocked) and last.step == step and last.error.type == info.type
+        ):
+            # One entry per distinct block: the message may vary between attempts
+            # (it quotes values), and a blocked run must not grow its journal forever.
             self._emit(entry)
         self._blocked = Blocked(step, info)
         return self._blocked
@@ -400,6 +446,13 @@ class Replay:
         ``parse`` turns the recorded JSON value back into what ``call`` returns; a
         recorded value it cannot parse was made by another call, so the code changed.
         """
+        if current.get(None) is not self:
+            raise OrchestratorOnly(
+                f"{call} was called inside a step function; it is an orchestrator call "
+                "(its value is recorded in the journal): call it in the handler and pass "
+                "the value into the step, e.g. key = ctx.uuid(); "
+                "await step.do('charge', lambda: charge(key))"
+            )
         index = self._value_pos
         if index < len(self._values):
             recorded = self._values[index]
@@ -438,12 +491,17 @@ class Replay:
                 if last.retry_at is None:
                     raise StepFailed(step, last.attempt, last.error.type, last.error.message)
                 token = timer_token(step, "retry", last.attempt)
-                if token not in self._timers:
-                    timer = h.Timer(token, step, "retry")
-                    await self._park(step, token, parse_time(last.retry_at), timer)
+                retry_at = parse_time(last.retry_at)
+                if self.clock() < retry_at:
+                    # Only time ends the wait: a timer input (fired, forged or orphaned
+                    # by a crash) just wakes the run to look at the clock.
+                    await self._park(step, token, retry_at, h.Timer(token, step, "retry"))
                     continue
                 attempt = last.attempt + 1
             self.current_step = step
+            # Values the handler took (ctx.uuid() for an idempotency key, ...) are
+            # durable before a step that may have been handed them starts.
+            self._record_values()
             outcome: Outcome = await self._request(Execute(step, attempt, fn, timeout))
             self._record(step, attempt, outcome, policy)
 
@@ -513,9 +571,9 @@ class Replay:
                 self._emit(h.TimerSet(step=step, timer=token, fire_at=at, purpose="sleep"))
             else:
                 fire_at = parse_time(timer_set.fire_at)
-            fired = self._timers.get(token)
-            if fired is not None:
-                self._emit(h.SleepCompleted(step=step, input_seq=fired))
+            if self.clock() >= fire_at:
+                # Ended by time, not by a message: an inbox publisher cannot forge it.
+                self._emit(h.SleepCompleted(step=step, input_seq=None))
                 return
             await self._park(step, token, fire_at, h.Timer(token, step, "sleep"))
 
@@ -536,14 +594,14 @@ class Replay:
             event_seq = next(
                 (s for s, e in self._events if e.type == type and s not in self._consumed), None
             )
-            fired = self._timers.get(token) if started is not None else None
-            if event_seq is not None and (fired is None or event_seq < fired):
+            if event_seq is not None:
+                # An event stored before the runner decides wins, even at the deadline.
                 self._emit(h.EventReceived(step=step, type=type, input_seq=event_seq))
                 if started is not None:
                     self.outbox.append(Unschedule(token))
                 return self._payload(step, event_seq)
-            if fired is not None:
-                self._emit(h.WaitTimedOut(step=step, type=type, input_seq=fired))
+            if started is not None and self.clock() >= parse_time(started.timeout_at):
+                self._emit(h.WaitTimedOut(step=step, type=type, input_seq=None))
                 raise EventTimeout(step, type)
             if started is None:
                 timeout_at = self.clock() + timedelta(seconds=timeout)
@@ -574,4 +632,12 @@ class Replay:
 
 def _info(exc: BaseException) -> h.ErrorInfo:
     type_, message = describe(exc)
-    return h.ErrorInfo(type=type_, message=message)
+    return bounded_error(type_, message)
+
+
+def bounded_error(type_: str, message: str) -> h.ErrorInfo:
+    """An error as the journal records it: the message cut to ``MAX_ERROR_CHARS``."""
+    if len(message) > MAX_ERROR_CHARS:
+        cut = len(message) - MAX_ERROR_CHARS
+        message = f"{message[:MAX_ERROR_CHARS]}... [{cut} more characters cut]"
+    return h.ErrorInfo(type=type_[:256], message=message)

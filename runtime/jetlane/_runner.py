@@ -13,18 +13,38 @@ A run that parks stays in an LRU cache with its handler suspended, so the
 next delivery continues it after reading only the log's tail; any journal
 entry in that tail that this runner did not write means another runner
 advanced the run, and the cached state is thrown away for a full replay.
+
+Every append is fenced on the last sequence of the whole run (inbox and
+journal), so a successful append proves no input came since the runner last
+read the log: a cancel or pause stored by anyone, delivered to any runner, is
+seen before the next step starts. A refused append is followed by a read of
+the tail: new inputs are taken in and the append retried; a journal entry
+written by another runner ends the session.
+
+A run that no runner here can advance (its job is not served, or its code is
+blocked) is marked *waiting* and its delivery acked, so it holds no consumer
+capacity; runners that serve the job look for waiting runs when they start
+(new code), and hear about new ones on a wake subject.
+
+Timers end sleeps, retries and wait timeouts by time: a fired schedule (or an
+in-process timer of the runner that parked the run) only wakes the run, and
+the core compares the clock with the ``fire_at`` its journal records. A timer
+message on the inbox, forged or orphaned by a crash, can wake a run early but
+never ends anything early.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
 import os
 import socket
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -42,6 +62,7 @@ from ._errors import DecodeError, InputError, JetlaneError
 from ._index import record
 from ._log import FenceLost, Log
 from ._metrics import RunnerMetrics
+from ._pull import Puller
 from ._replay import (
     DEFAULT_MAX_PAYLOAD,
     Append,
@@ -72,6 +93,12 @@ class RunnerConfig:
     max_payload: int = DEFAULT_MAX_PAYLOAD
     max_ack_pending: int = 20000
     index: bool = True
+    # How often runners look again for waiting runs of their jobs (besides at start).
+    wake_interval: float = 300.0
+
+
+# A fired timer this far ahead of our clock is taken as our clock lagging the server's.
+MAX_CLOCK_SKEW = 5.0
 
 
 class _Handback(Exception):
@@ -88,6 +115,12 @@ class _Session:
     deliveries: list[Msg] = field(default_factory=list)
     handled: int = 0
     lease: int | None = None
+    # Serialises lease renewals with the release, so a renewal in flight can
+    # never land after the release and leave a lease nobody holds.
+    lease_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    redeliver_in: float | None = None  # parked early on a fired timer: come back then
+    waiting: bool = False  # woken from the waiting marks: clear the mark when it moves
+    retries: int = 0  # a session with no delivery re-wakes itself this many times
 
 
 class Runner:
@@ -117,6 +150,12 @@ class Runner:
         self._job_metrics: dict[str, tuple[Any, Any, Any, Any, Any]] = {}
         self._stopping = asyncio.Event()
         self._slot = asyncio.Event()
+        self._background: set[asyncio.Task[Any]] = set()
+        # Sync step functions run here, off the event loop: a blocking call must not
+        # stall other runs, heartbeats, or the step's own timeout.
+        self._threads = ThreadPoolExecutor(
+            max_workers=max(self.config.concurrency, 4), thread_name_prefix="jetlane-step"
+        )
         self.ready = asyncio.Event()
         self.stats = {"steps": 0, "sessions": 0, "fence_lost": 0, "dead_lettered": 0}
 
@@ -127,47 +166,50 @@ class Runner:
 
     async def run(self) -> None:
         """Pull and advance runs until ``stop()``; then drain."""
-        sub = await self.log.runner_consumer(
-            ack_wait=self.config.ack_wait, max_ack_pending=self.config.max_ack_pending
-        )
+        config = self.config
+
+        async def consumer() -> None:
+            await self.log.runner_consumer(
+                ack_wait=config.ack_wait, max_ack_pending=config.max_ack_pending
+            )
+
+        await consumer()
+        names = self.log.names
+        puller = Puller(self.log.nc, names.stream, names.consumer, self._dispatch, consumer)
+        await puller.start()
         validators = await self._serve_validation()
         heartbeat = asyncio.create_task(self._heartbeat())
         self.ready.set()
+        waker = asyncio.create_task(self._wake_waiting())
         log.info("runner started", runner=self.id, jobs=sorted(self.jobs))
         try:
             while not self._stopping.is_set():
-                free = self.config.concurrency - len(self._tasks)
+                free = config.concurrency - len(self._tasks)
                 if free <= 0:
                     self._slot.clear()
                     await self._slot.wait()
                     continue
                 try:
-                    msgs = await sub.fetch(min(free, 256), timeout=1.0)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    continue
-                except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
+                    await puller.pull(min(free, 256))
+                except Exception as exc:  # a reconnect in progress: the next pull retries
+                    log.warning("pull failed", error=str(exc))
                     await asyncio.sleep(0.25)
-                    continue
-                except Exception as exc:
-                    log.warning("fetch failed", error=str(exc))
-                    await asyncio.sleep(0.25)
-                    continue
-                for msg in msgs:
-                    await self._dispatch(msg)
         finally:
             self.ready.clear()
+            waker.cancel()
             for sub_ in validators:
                 with contextlib.suppress(Exception):
                     await sub_.unsubscribe()
             await self._drain()
             heartbeat.cancel()
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            await puller.stop()
             for handle in self._fast.values():
                 handle.cancel()
+            self._fast.clear()
             for replay in self._cache.values():
                 replay.close()
             self._cache.clear()
+            self._threads.shutdown(wait=False, cancel_futures=True)
             log.info("runner stopped", runner=self.id)
 
     async def _drain(self) -> None:
@@ -184,6 +226,10 @@ class Runner:
     # -- deliveries -----------------------------------------------------------
 
     async def _dispatch(self, msg: Msg) -> None:
+        if self._stopping.is_set():
+            with contextlib.suppress(Exception):
+                await msg.nak()  # pulled while stopping: another runner takes it
+            return
         names = self.log.names
         parsed = names.parse(msg.subject)
         seq = msg.metadata.sequence.stream
@@ -195,11 +241,19 @@ class Runner:
         except DecodeError as exc:
             await self._dead_letter(msg, run_id, seq, str(exc))
             return
+        self._wake(run_id, msg)
+
+    def _wake(self, run_id: str, msg: Msg | None = None, *, waiting: bool = False) -> None:
+        """Advance ``run_id``: join its session here, or start one."""
         session = self._sessions.get(run_id)
         if session is not None:
-            session.deliveries.append(msg)
+            if msg is not None:
+                session.deliveries.append(msg)
+            session.waiting = session.waiting or waiting
             return
-        session = _Session(run_id, [msg])
+        if self._stopping.is_set():
+            return
+        session = _Session(run_id, [msg] if msg is not None else [], waiting=waiting)
         self._sessions[run_id] = session
         self._tasks[run_id] = asyncio.create_task(self._session(session))
 
@@ -241,9 +295,7 @@ class Runner:
                     log.info("run index write failed", run_id=run_id, error=str(exc))
             if run_id not in self._cache:
                 self._evict(run_id)  # only a parked run stays cached
-            if session.lease is not None:
-                with contextlib.suppress(Exception):
-                    await self.log.release(run_id, session.lease)
+            await self._release(session)
             self._sessions.pop(run_id, None)
             self._tasks.pop(run_id, None)
             self._slot.set()
@@ -254,16 +306,42 @@ class Runner:
             await self._settle(session, "done" if outcome == "parked" else outcome)
             for msg in late:
                 if not self._stopping.is_set():
-                    await self._dispatch(msg)
+                    self._wake(run_id, msg)
                 else:
                     with contextlib.suppress(Exception):
                         await msg.nak()
+            if outcome == "retry" and not session.deliveries and session.retries < 8:
+                # Woken by a timer or a wake-up, with no delivery to redeliver it: try
+                # again here (the fence and the lease keep that safe).
+                self._later(0.05 * 2**session.retries, run_id, session.retries + 1)
+
+    def _later(self, delay: float, run_id: str, retries: int) -> None:
+        def again() -> None:
+            if run_id not in self._sessions and not self._stopping.is_set():
+                self._wake(run_id)
+                woken = self._sessions.get(run_id)
+                if woken is not None:
+                    woken.retries = retries
+
+        asyncio.get_running_loop().call_later(delay, again)
+
+    async def _release(self, session: _Session) -> None:
+        async with session.lease_lock:
+            if session.lease is None:
+                return
+            lease, session.lease = session.lease, None
+            try:
+                await self.log.release(session.run_id, lease)
+            except Exception as exc:  # it expires after the TTL anyway
+                log.info("lease release failed", run_id=session.run_id, error=str(exc))
 
     async def _settle(self, session: _Session, outcome: str) -> None:
         for msg in session.deliveries:
             with contextlib.suppress(Exception):
-                if outcome == "done":
+                if outcome == "done" and session.redeliver_in is None:
                     await msg.ack()
+                elif outcome == "done":
+                    await msg.nak(delay=session.redeliver_in)
                 elif outcome == "handback":
                     await msg.nak()
                 else:
@@ -272,34 +350,28 @@ class Runner:
 
     async def _advance(self, session: _Session) -> str:
         run_id = session.run_id
-        session.lease = await self.log.acquire(run_id, self.id)
-        if session.lease is None:
+        lease = await self.log.acquire(run_id, self.id)
+        async with session.lease_lock:
+            session.lease = lease
+        if lease is None:
             return "retry"  # another runner holds the run; it reads the log before parking
         replay = self._cache.pop(run_id, None)
         if replay is not None:
             replay = await self._catch_up(replay)
         if replay is None:
-            history = await self._history(session)
+            # Always read: a start may be redelivered (a re-created consumer, a raw
+            # second start) for a run whose journal already records steps.
+            history = await self.log.read(run_id)
             start = next((m.body for m in history if isinstance(m.body, h.Start)), None)
             if start is None:
-                for msg in session.deliveries:
-                    seq = msg.metadata.sequence.stream
-                    await self._dead_letter(msg, run_id, seq, f"run {run_id!r} has no start")
-                session.deliveries.clear()
+                # An input stored before its run's start (anyone may publish on .in):
+                # it stays in the log, and the run's first session reads it.
+                log.info("input for a run not started yet; kept for its start", run_id=run_id)
                 return "done"
             job = self.jobs.get(start.job)
             if job is None:
-                if self.config.index:
-                    queued = summarize(run_id, history)
-                    if queued is not None and queued.status == "queued":
-                        queued.detail = None
-                        await self.log.put_index(run_id, record(queued))
-                log.info(
-                    "no such job on this runner; leaving the run for one that has it",
-                    run_id=run_id,
-                    job=start.job,
-                )
-                return "retry"
+                await self._unserved(run_id, start.job, history)
+                return "done"
             t0 = time.perf_counter()
             replay = Replay(job, run_id, plugins=self.plugins, max_payload=self.config.max_payload)
             for msg_ in history:
@@ -308,10 +380,14 @@ class Runner:
             self._summaries[run_id] = summarize(run_id, history) or RunStatus(
                 run_id=run_id, job=start.job, status="queued"
             )
-            replaying = t0
+            replaying: float | None = t0
         else:
             replaying = None
+        if not await self._covers_deliveries(replay, session):
+            replay.close()
+            return "retry"
         while True:
+            inputs = replay.inputs
             decision = await self._drive(replay, session, replaying)
             replaying = None
             if isinstance(decision, Blocked):
@@ -319,34 +395,66 @@ class Runner:
                     "run blocked", run_id=run_id, step=decision.step, error=decision.error.message
                 )
                 replay.close()
-                return "retry"
+                # Waits for other code without holding consumer capacity: a runner
+                # that serves the job looks at it again when it starts.
+                await self.log.mark_waiting(run_id, replay.job.name, "blocked")
+                session.waiting = False
+                return "done"
             if isinstance(decision, Finished):
                 replay.close()
+                self._cancel_fast(run_id)
                 status = {h.RunCompleted: "completed", h.RunFailed: "failed"}.get(
                     type(decision.entry), "cancelled"
                 )
                 self.metrics.runs_ended.labels(replay.job.name, status).inc()
+                await self._moved_on(session)
                 return "done"
             # Park: read the log to its end first; an input may have come meanwhile.
             assert isinstance(decision, Park)
             seen = len(session.deliveries)
-            if await self._ingest_tail(replay) or len(session.deliveries) > seen:
+            if (
+                replay.inputs > inputs  # taken in while appending, after the decision
+                or await self._ingest_tail(replay)
+                or len(session.deliveries) > seen
+            ):
                 continue
             session.handled = seen
-            await self._arm(replay, decision)
+            await self._arm(replay, decision, session)
             self._remember(replay)
+            await self._moved_on(session)
             return "parked"
 
-    async def _history(self, session: _Session) -> list[h.Message]:
-        first = session.deliveries[0]
-        if len(session.deliveries) == 1 and first.metadata.num_delivered == 1:
-            start = self.log.decode_delivered(first)
-            if isinstance(start.body, h.Start):
-                # A start delivered for the first time: no runner has seen the run, so
-                # its journal is empty (create-once). Inputs after it are read before
-                # the run parks, or as soon as one is delivered (see _drive): no read now.
-                return [start]
-        return await self.log.read(session.run_id)
+    async def _unserved(self, run_id: str, job: str, history: list[h.Message]) -> None:
+        if self.config.index:
+            queued = summarize(run_id, history)
+            if queued is not None and queued.status == "queued":
+                queued.detail = None
+                await self.log.put_index(run_id, record(queued))
+        log.info(
+            "no such job on this runner; the run waits for a runner that serves it",
+            run_id=run_id,
+            job=job,
+        )
+        await self.log.mark_waiting(run_id, job, "unserved")
+
+    async def _moved_on(self, session: _Session) -> None:
+        if session.waiting:
+            session.waiting = False
+            try:
+                await self.log.clear_waiting(session.run_id)
+            except Exception as exc:  # a stale mark only costs a look at the next scan
+                log.info("waiting mark not cleared", run_id=session.run_id, error=str(exc))
+
+    async def _covers_deliveries(self, replay: Replay, session: _Session) -> bool:
+        """Whether what we read includes every delivered input (a lagging replica may
+        serve a direct get without the message just delivered)."""
+        for _ in range(5):
+            newest = max((m.metadata.sequence.stream for m in session.deliveries), default=0)
+            if newest <= replay.last_seq:
+                return True
+            await asyncio.sleep(0.05)
+            await self._ingest_tail(replay, journal=True)
+        return False
 
     async def _catch_up(self, replay: Replay) -> Replay | None:
         tail = await self.log.read(replay.run_id, replay.last_seq)
@@ -357,13 +465,18 @@ class Runner:
             self._ingest(replay, msg)
         return replay
 
-    async def _ingest_tail(self, replay: Replay) -> bool:
+    async def _ingest_tail(self, replay: Replay, *, journal: bool = False) -> bool:
         """Read inputs that came while we held the run; True when there were any.
 
-        Only the inbox: the journal is ours while we hold the lease (the fence
-        catches anyone else at our next append, the next session's catch-up after).
+        Only the inbox by default: the journal is ours while we hold the lease
+        (the fence catches anyone else at our next append).
         """
-        tail = await self.log.read_inputs(replay.run_id, replay.last_seq)
+        if journal:
+            tail = await self.log.read(replay.run_id, replay.last_seq)
+            if any(m.direction == "out" and m.seq > replay.out_seq for m in tail):
+                raise FenceLost("another runner wrote the journal")
+        else:
+            tail = await self.log.read_inputs(replay.run_id, replay.last_seq)
         for msg in tail:
             self._ingest(replay, msg)
         return bool(tail)
@@ -380,7 +493,6 @@ class Runner:
         self, replay: Replay, session: _Session, replaying: float | None = None
     ) -> Decision:
         reply: Any = None
-        seen = len(session.deliveries)
         while True:
             decision = await replay.next(reply)
             if replaying is not None:
@@ -390,15 +502,14 @@ class Runner:
             await self._flush(replay)
             if not isinstance(decision, Execute):
                 return decision
-            if len(session.deliveries) > seen:
-                # An input arrived while the run was moving: a cancel must stop a long
-                # chain of steps before the next one starts, not at the next park.
-                seen = len(session.deliveries)
-                await self._ingest_tail(replay)
-                if replay.cancel_pending:
-                    decision = await replay.next(None)
-                    await self._flush(replay)
-                    return decision
+            # Whatever came in up to the last append (or read) is ingested by now:
+            # a cancel or pause stored before it stops this step from starting.
+            if replay.cancel_pending:
+                decision = await replay.next(None)
+                await self._flush(replay)
+                return decision
+            if replay.paused:
+                return replay.hold(decision)
             if self._stopping.is_set():
                 # Draining: finish the step in flight, start no new one; another runner
                 # continues from the log.
@@ -414,12 +525,11 @@ class Runner:
                 if isinstance(effect, Append):
                     if isinstance(effect.body, h.StepFailed) and effect.body.retry_at is not None:
                         self._for_job(replay.job.name)[4].inc()
-                    seq = await self.log.append(run_id, effect.body, replay.out_seq)
-                    replay.appended(seq)
+                    await self._append(replay, effect.body)
                     summary = self._summaries.get(run_id)
                     if summary is not None:
                         # No timestamp per step: the session stamps updated_at at its end.
-                        update(summary, h.Message(seq, run_id, "out", "", effect.body))
+                        update(summary, h.Message(replay.out_seq, run_id, "out", "", effect.body))
                 elif isinstance(effect, Schedule):
                     # Pipelined with the timer_set append that follows; its ack is
                     # checked before the flush ends, so before the run parks (and a
@@ -438,6 +548,20 @@ class Runner:
         for sent in scheduled:
             await self.log.confirm(sent)
 
+    async def _append(self, replay: Replay, body: h.Journal) -> None:
+        """Append, fenced on the whole run; new inputs are read in and the append retried."""
+        for _ in range(100):
+            try:
+                seq = await self.log.append(replay.run_id, body, replay.last_seq)
+            except FenceLost:
+                # Something landed after what we read: a new input (take it in and
+                # go on), or another runner's entry (_ingest_tail raises FenceLost).
+                await self._ingest_tail(replay, journal=True)
+                continue
+            replay.appended(seq)
+            return
+        raise JetlaneError("the run's inbox kept changing under 100 appends in a row")
+
     async def _execute(self, replay: Replay, ex: Execute) -> Outcome:
         started = datetime.now(UTC)
         t0 = time.perf_counter()
@@ -445,15 +569,8 @@ class Runner:
         result: Any = None
         scope: asyncio.Timeout | None = None
         try:
-            if ex.timeout is None:
-                result = ex.fn()
-                if inspect.isawaitable(result):
-                    result = await result
-            else:
-                async with asyncio.timeout(ex.timeout) as scope:
-                    result = ex.fn()
-                    if inspect.isawaitable(result):
-                        result = await result
+            async with asyncio.timeout(ex.timeout) as scope:
+                result = await self._call(ex.fn)
         except TimeoutError as exc:
             if scope is not None and scope.expired():
                 error = StepTimeout(
@@ -461,7 +578,14 @@ class Runner:
                 )
             else:
                 error = exc
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the runner is stopping: the step is handed back, not failed
+            error = exc  # raised by the step function itself: a failed attempt
         except Exception as exc:
+            error = exc
+        except BaseException as exc:  # SystemExit & co. raised by the step's code
             error = exc
         duration = (time.perf_counter() - t0) * 1000
         self.stats["steps"] += 1
@@ -479,6 +603,19 @@ class Runner:
                 error=f"{type(error).__name__}: {error}",
             )
         return Outcome(started_at=started, duration_ms=duration, result=result, error=error)
+
+    async def _call(self, fn: Any) -> Any:
+        """Call a step function: a coroutine function on the loop, anything else in a
+        thread (a lambda that returns a coroutine is awaited here, on the loop)."""
+        if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+            getattr(fn, "__call__", None)  # noqa: B004 - an async __call__
+        ):
+            return await fn()
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(self._threads, contextvars.copy_context().run, fn)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
 
     def _for_job(self, job: str) -> tuple[Any, Any, Any, Any, Any]:
         children = self._job_metrics.get(job)
@@ -501,9 +638,6 @@ class Runner:
             _, old = self._cache.popitem(last=False)
             old.close()
             self._summaries.pop(old.run_id, None)
-            handle = self._fast.pop(old.run_id, None)
-            if handle is not None:
-                handle.cancel()
 
     def _evict(self, run_id: str) -> None:
         self._summaries.pop(run_id, None)
@@ -511,35 +645,54 @@ class Runner:
         if replay is not None:
             replay.close()
 
-    async def _arm(self, replay: Replay, park: Park) -> None:
+    def _cancel_fast(self, run_id: str) -> None:
+        handle = self._fast.pop(run_id, None)
+        if handle is not None:
+            handle.cancel()
+
+    async def _arm(self, replay: Replay, park: Park, session: _Session) -> None:
         now = datetime.now(UTC)
+        self._cancel_fast(replay.run_id)
         for spec in park.timers:
             delay = (spec.fire_at - now).total_seconds()
             if spec.rearm:
                 # Found parked after a replay: the schedule may be gone; a new one replaces it.
                 await self.log.schedule(replay.run_id, spec.token, spec.fire_at, spec.body)
+            if 0 < delay <= MAX_CLOCK_SKEW and replay.fired(spec.token):
+                # The server fired it, but our clock is a little behind: come back when
+                # it is due, through the delivery (durable even if this process dies).
+                # Further off, the timer was forged or orphaned: nothing to hold for.
+                session.redeliver_in = delay + 0.01
             if delay <= self.config.fast_timer_window:
-                old = self._fast.pop(replay.run_id, None)
-                if old is not None:
-                    old.cancel()
+                # Wakes the run here at fire_at (the schedule's fire is ~250 ms coarse).
+                # It sends nothing: the core decides by the clock.
                 loop = asyncio.get_running_loop()
                 self._fast[replay.run_id] = loop.call_at(
-                    loop.time() + max(delay, 0.0), self._fire_fast, replay.run_id, spec.body
+                    loop.time() + max(delay, 0.0) + 0.002, self._fire_fast, replay.run_id
                 )
 
-    def _fire_fast(self, run_id: str, body: h.Timer) -> None:
+    def _fire_fast(self, run_id: str) -> None:
         self._fast.pop(run_id, None)
-        if self._stopping.is_set():
-            return
-        task = asyncio.create_task(self._publish_timer(run_id, body))
-        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+        if not self._stopping.is_set():
+            self._wake(run_id)
 
-    async def _publish_timer(self, run_id: str, body: h.Timer) -> None:
-        # The durable schedule still fires later; that copy is ignored as consumed.
-        try:
-            await self.log.publish_input(run_id, body)
-        except Exception as exc:
-            log.info("fast timer publish failed; the durable timer will fire", error=str(exc))
+    # -- waiting runs ---------------------------------------------------------
+
+    async def _wake_waiting(self) -> None:
+        """Look for waiting runs of our jobs now (new code, or a job newly served) and
+        every ``wake_interval`` (a wake-up lost in a race is found then)."""
+        while True:
+            try:
+                count = 0
+                async for run_id, job, _why in self.log.waiting_runs():
+                    if job in self.jobs:
+                        self._wake(run_id, waiting=True)
+                        count += 1
+                if count:
+                    log.info("woke waiting runs", runs=count)
+            except Exception as exc:
+                log.warning("scan of waiting runs failed", error=str(exc))
+            await asyncio.sleep(self.config.wake_interval)
 
     # -- liveness -------------------------------------------------------------
 
@@ -559,7 +712,9 @@ class Runner:
                 for msg in session.deliveries:
                     with contextlib.suppress(Exception):
                         await msg.in_progress()
-                if session.lease is not None:
+                async with session.lease_lock:
+                    if session.lease is None:
+                        continue  # released (or never taken)
                     try:
                         session.lease = await self.log.renew(session.run_id, self.id, session.lease)
                     except Exception as exc:
@@ -581,7 +736,17 @@ class Runner:
                 with contextlib.suppress(Exception):
                     await msg.respond(msgspec.json.encode(reply))
 
+            async def wake(msg: Msg) -> None:
+                run_id = msg.data.decode("utf-8", "replace")
+                if h.RUN_ID.fullmatch(run_id):
+                    self._wake(run_id, waiting=True)
+
             subject = f"{self.log.names.prefix}.api.validate.{name}"
             subs.append(await self.log.nc.subscribe(subject, queue="jetlane-runners", cb=answer))
+            subs.append(
+                await self.log.nc.subscribe(
+                    self.log.names.wake(name), queue="jetlane-runners", cb=wake
+                )
+            )
         await self.log.nc.flush()  # the server knows the subscriptions before we say ready
         return subs

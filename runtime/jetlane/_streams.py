@@ -83,6 +83,10 @@ class StreamSetup:
         )
         await self._create_or_check(runs, wait, self._check)
         await self._ensure_lease_stream(replicas, lease_ttl)
+        if await self._stream_info(self.names.waiting_stream) is None:
+            await self._add_last_value_stream(
+                self.names.waiting_stream, f"{self.names.prefix}.waiting.*", replicas
+            )
         if await self._stream_info(self.names.index_stream) is None:
             await self._add_last_value_stream(
                 self.names.index_stream, f"{self.names.prefix}.index.*", replicas

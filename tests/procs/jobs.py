@@ -62,3 +62,22 @@ async def long_step(ctx: Context, input: dict[str, Any]) -> str:
     await step.do("long", work)
     got = await step.wait_for_event("go", type="go", timeout="5m")
     return f"{got}"
+
+
+@job("keyed")
+async def keyed(ctx: Context, input: dict[str, Any]) -> str:
+    """An idempotency key taken in the handler and handed to a long step."""
+    key = str(ctx.uuid())
+
+    def note() -> None:
+        path = os.environ.get("JETLANE_TEST_EXEC_LOG")
+        if path:
+            with open(path, "a") as out:
+                out.write(f"{ctx.step_key}={key}\n")
+
+    async def charge() -> str:
+        note()
+        await asyncio.sleep(float(input["seconds"]))
+        return key
+
+    return await step.do("charge", charge, retries=QUICK)

@@ -1,0 +1,118 @@
+"""Pulling the runners' consumer: each delivery is handed on the moment it arrives.
+
+Design note. nats-py's ``fetch(batch, timeout)`` returns a batch only when it
+is full or the timeout passes, and a pull request it leaves lingering on the
+server captures the next message for the *next* fetch: a start stored while
+the runner was idle waited up to the fetch timeout (a second) before any
+runner looked at it. Here one pull request at a time is kept open on the
+server (``batch`` = free session slots, ``expires`` short); every message it
+delivers goes to ``on_message`` at once, and a new request is sent as soon
+as the current one ends (fulfilled, expired, or lost with a server restart).
+Status messages for older requests are recognised by the token in their
+reply subject and ignored; their deliveries (real messages) are still handed
+on. A consumer that disappears (deleted, or lost with the server's state) is
+created again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+log = structlog.get_logger("jetlane.runner")
+
+# How long one pull request lingers on the server. Short, so that slots freed
+# while it is open are asked for soon; each renewal is one small message.
+EXPIRES = 1.0
+
+
+class Puller:
+    """Keeps one pull request open on ``stream``/``consumer`` and hands deliveries on."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        stream: str,
+        consumer: str,
+        on_message: Callable[[Msg], Awaitable[None]],
+        recreate: Callable[[], Awaitable[None]],
+        *,
+        expires: float = EXPIRES,
+    ) -> None:
+        self.nc = nc
+        self.expires = expires
+        self.on_message = on_message
+        self.recreate = recreate
+        self._next = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._prefix = ""
+        self._sub: Any = None
+        self._tokens = itertools.count()
+        self._current = ""
+        self._remaining = 0
+        self._ended = asyncio.Event()
+        self._lost = 0
+        self._status = ""
+
+    async def start(self) -> None:
+        self._prefix = self.nc.new_inbox()
+        self._sub = await self.nc.subscribe(f"{self._prefix}.*", cb=self._on)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+
+    async def pull(self, batch: int) -> None:
+        """Ask for up to ``batch`` messages; return when that request has ended."""
+        token = str(next(self._tokens))
+        self._current, self._remaining, self._status = token, batch, ""
+        self._ended.clear()
+        request = {"batch": batch, "expires": int(self.expires * 1e9)}
+        await self.nc.publish(
+            self._next, msgspec.json.encode(request), reply=f"{self._prefix}.{token}"
+        )
+        try:
+            await asyncio.wait_for(self._ended.wait(), self.expires + 2.0)
+        except TimeoutError:
+            self._status = "lost"  # no answer at all: the server restarted, or is away
+        if self._status not in ("lost", "503", "gone"):
+            self._lost = 0
+            return
+        # 503: nobody answers the consumer's subject (deleted, or lost with the
+        # server's state). After a few in a row, create the consumer again.
+        self._lost += 1
+        await asyncio.sleep(0.25)
+        if self._lost >= 3 or self._status == "gone":
+            self._lost = 0
+            try:
+                await self.recreate()
+                log.info("runner consumer re-created")
+            except Exception as exc:  # the server may still be down: try later
+                log.warning("runner consumer could not be re-created", error=str(exc))
+
+    async def _on(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        status = headers.get("Status")
+        if status is None and msg.reply:
+            self._remaining -= 1
+            if self._remaining <= 0:
+                self._ended.set()
+            await self.on_message(msg)
+            return
+        if status == "100":
+            return  # idle heartbeat
+        token = msg.subject[len(self._prefix) + 1 :]
+        if token != self._current:
+            return  # the end of an older request
+        if status == "409" and "Consumer Deleted" in headers.get("Description", ""):
+            status = "gone"
+        self._status = status or ""
+        self._ended.set()  # 404/408: expired or nothing more; 409: ended by the server
