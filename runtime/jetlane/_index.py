@@ -95,7 +95,7 @@ class RunIndex:
 
         What a page costs: it reads the whole index, so O(number of runs) in time,
         the first page and any later one alike (``bench/index_scale.py`` measured
-        about 10 µs a run: ~10 s a page at 1,000,000 runs on a 2-core machine), and
+        12 µs a run: 12 s a page at 1,000,000 runs on a 2-core machine), and
         O(``limit``) in memory: the stream is read a batch at a time and only the
         best ``2 * limit + 1`` records past the cursor are kept. The ``limit``
         spares stand in for runs rewritten during the scan, whose older record is
