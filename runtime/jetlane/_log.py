@@ -42,6 +42,7 @@ from ._connection import ConnectOptions, _Connection, _Errors, connect_nats
 from ._durations import format_time
 from ._errors import DecodeError, JetlaneError
 from ._names import Names
+from ._scan import Value, last_values, subjects
 from ._streams import StreamSetup
 
 BATCH: Final = 1000
@@ -318,37 +319,18 @@ class Log(StreamSetup):
         # write is repaired by the run's next session or by a rebuild).
         await self.nc.publish(self.names.index(run_id), record)
 
-    async def read_index(self) -> list[bytes]:
-        """The last index record of every run (batch direct get, ``multi_last``)."""
-        records: list[bytes] = []
-        direct = f"$JS.API.DIRECT.GET.{self.names.index_stream}"
-        await self._ensure_reader()
-        seq = 0
-        while True:
-            request: dict[str, Any] = {
-                "multi_last": [f"{self.names.prefix}.index.*"],
-                "batch": BATCH,
-            }
-            if seq:
-                request["start_seq"] = seq
-            batch = await self._batch(direct, request)
-            records.extend(m.data for m in batch.messages)
-            end = batch.end.headers or {}
-            if end.get("Status") != "204" or not batch.messages:
-                return records
-            if int(end.get("Nats-Num-Pending", "0")) == 0:
-                return records
-            seq = int(end.get("Nats-Last-Sequence", "0")) + 1
+    async def read_index(self) -> AsyncIterator[Value]:
+        """Every index record, in stream order; a run updated meanwhile can come twice
+        (the later is newer). Paged: complete and bounded in memory at any count."""
+        async for value in last_values(self, self.names.index_stream):
+            yield value
 
-    async def run_ids(self) -> list[str]:
-        """Every run id with a start in the stream."""
-        info = await self.js.stream_info(self.names.stream, subjects_filter=self.names.all_inboxes)
-        ids = []
-        for subject in info.state.subjects or {}:
+    async def run_ids(self) -> AsyncIterator[str]:
+        """Every run id with a start in the stream (paged: complete at any count)."""
+        async for subject in subjects(self, self.names.stream, self.names.all_inboxes):
             parsed = self.names.parse(subject)
             if parsed is not None:
-                ids.append(parsed[0])
-        return ids
+                yield parsed[0]
 
     # -- waiting runs (unserved job, blocked code) -----------------------------
 
