@@ -348,37 +348,16 @@ class Log(StreamSetup):
         await self._purge(self.names.waiting_stream, self.names.waiting(run_id))
 
     async def waiting_runs(self) -> AsyncIterator[tuple[str, str, str]]:
-        """(run id, job, why) of every run marked waiting (an ordered consumer: any count)."""
-        stream = self.names.waiting_stream
-        info = await self.js.stream_info(stream)
-        if not info.state.messages:
-            return
-        config = ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)
-        sub = await self.js.subscribe(
-            f"{self.names.prefix}.waiting.*",
-            stream=stream,
-            ordered_consumer=True,
-            config=config,
-            idle_heartbeat=2.0,
-        )
+        """(run id, job, why) of every run marked waiting (paged: complete at any count;
+        a run marked again during the scan may come twice)."""
         prefix = len(self.names.waiting(""))
-        try:
-            while True:
-                try:
-                    raw = await sub.next_msg(timeout=self.timeout)
-                except nats.errors.TimeoutError:
-                    return
-                try:
-                    record = msgspec.json.decode(raw.data)
-                    job, why = str(record["job"]), str(record.get("why", ""))
-                except (msgspec.DecodeError, KeyError, TypeError):
-                    continue
-                yield raw.subject[prefix:], job, why
-                if raw.metadata.num_pending == 0:
-                    return
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        async for value in last_values(self, self.names.waiting_stream):
+            try:
+                record = msgspec.json.decode(value.data)
+                job, why = str(record["job"]), str(record.get("why", ""))
+            except (msgspec.DecodeError, KeyError, TypeError):
+                continue  # not a mark of ours: skip it, never stop the scan
+            yield value.subject[prefix:], job, why
 
     # -- leases ---------------------------------------------------------------
 
