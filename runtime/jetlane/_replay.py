@@ -239,6 +239,19 @@ class Replay:
         self._held = decision
         return self._paused_park()
 
+    def cancel_wins(self, body: h.Journal) -> h.Journal:
+        """``body`` to append, or the cancel that came in before this ending was written.
+
+        The handler may have ended (completed or failed) while a cancel was being
+        stored; the driver takes the cancel in when the fence refuses an append.
+        A cancel stored before the run's end is written wins.
+        """
+        if self._cancel is None or not isinstance(body, h.RunCompleted | h.RunFailed):
+            return body
+        cancelled = _cancelled(*self._cancel)
+        self.terminal = cancelled
+        return cancelled
+
     def fired(self, token: str) -> bool:
         """Whether a timer input for ``token`` is in the inbox (it wakes; time decides)."""
         return token in self._timers
@@ -379,10 +392,7 @@ class Replay:
 
     def _cancel_now(self, seq: int, cancel: h.Cancel) -> Finished:
         self.close()
-        reason = cancel.reason
-        if reason is not None and len(reason) > MAX_ERROR_CHARS:
-            reason = reason[:MAX_ERROR_CHARS] + "... [cut]"
-        return self._finish(h.RunCancelled(reason=reason, input_seq=seq))
+        return self._finish(_cancelled(seq, cancel))
 
     def _diverged(self, what: str) -> Blocked:
         """The handler ended (``what``) before the steps the history records."""
@@ -628,6 +638,13 @@ class Replay:
         rearm = token not in self._armed
         self._armed.add(token)
         await self._request(Park(step, (TimerSpec(token, fire_at, body, rearm),)))
+
+
+def _cancelled(seq: int, cancel: h.Cancel) -> h.RunCancelled:
+    reason = cancel.reason
+    if reason is not None and len(reason) > MAX_ERROR_CHARS:
+        reason = reason[:MAX_ERROR_CHARS] + "... [cut]"
+    return h.RunCancelled(reason=reason, input_seq=seq)
 
 
 def _info(exc: BaseException) -> h.ErrorInfo:

@@ -40,6 +40,7 @@ import contextlib
 import contextvars
 import inspect
 import os
+import re
 import socket
 import time
 from collections import OrderedDict
@@ -153,9 +154,9 @@ class Runner:
         self._background: set[asyncio.Task[Any]] = set()
         # Sync step functions run here, off the event loop: a blocking call must not
         # stall other runs, heartbeats, or the step's own timeout.
-        self._threads = ThreadPoolExecutor(
-            max_workers=max(self.config.concurrency, 4), thread_name_prefix="jetlane-step"
-        )
+        self._pool_size = max(self.config.concurrency, 4)
+        self._threads = self._new_pool()
+        self._stuck = 0  # threads still running a step whose attempt timed out
         self.ready = asyncio.Event()
         self.stats = {"steps": 0, "sessions": 0, "fence_lost": 0, "dead_lettered": 0}
 
@@ -301,7 +302,7 @@ class Runner:
             self._slot.set()
             # Deliveries that arrived after the session last read the log were not
             # seen by it: they start a session of their own.
-            late = session.deliveries[session.handled :] if outcome == "parked" else []
+            late = session.deliveries[session.handled :] if outcome in ("parked", "done") else []
             del session.deliveries[len(session.deliveries) - len(late) :]
             await self._settle(session, "done" if outcome == "parked" else outcome)
             for msg in late:
@@ -358,10 +359,12 @@ class Runner:
         replay = self._cache.pop(run_id, None)
         if replay is not None:
             replay = await self._catch_up(replay)
+            session.handled = len(session.deliveries)
         if replay is None:
             # Always read: a start may be redelivered (a re-created consumer, a raw
             # second start) for a run whose journal already records steps.
             history = await self.log.read(run_id)
+            session.handled = len(session.deliveries)  # later ones: the log after this read
             start = next((m.body for m in history if isinstance(m.body, h.Start)), None)
             if start is None:
                 # An input stored before its run's start (anyone may publish on .in):
@@ -403,8 +406,9 @@ class Runner:
             if isinstance(decision, Finished):
                 replay.close()
                 self._cancel_fast(run_id)
+                session.handled = len(session.deliveries)  # the run ended: nothing is late
                 status = {h.RunCompleted: "completed", h.RunFailed: "failed"}.get(
-                    type(decision.entry), "cancelled"
+                    type(replay.terminal or decision.entry), "cancelled"
                 )
                 self.metrics.runs_ended.labels(replay.job.name, status).inc()
                 await self._moved_on(session)
@@ -499,9 +503,14 @@ class Runner:
                 # A full replay ends at the first decision: the frontier.
                 self.metrics.replay_seconds.observe(time.perf_counter() - replaying)
                 replaying = None
-            await self._flush(replay)
+            appended = await self._flush(replay)
             if not isinstance(decision, Execute):
                 return decision
+            if not appended:
+                # No fenced append since the handler ran (a retry that became due, a
+                # held step on resume, a replay): read the inbox, so that a cancel or
+                # pause stored meanwhile is seen before the step starts.
+                await self._ingest_tail(replay)
             # Whatever came in up to the last append (or read) is ingested by now:
             # a cancel or pause stored before it stops this step from starting.
             if replay.cancel_pending:
@@ -516,7 +525,9 @@ class Runner:
                 raise _Handback
             reply = await self._execute(replay, decision)
 
-    async def _flush(self, replay: Replay) -> None:
+    async def _flush(self, replay: Replay) -> bool:
+        """Write the outbox; True when it appended anything (so the fence proved that
+        every input stored before the last append has been taken in)."""
         outbox, replay.outbox = replay.outbox, []
         run_id = replay.run_id
         scheduled: list[asyncio.Future[Any]] = []
@@ -525,7 +536,8 @@ class Runner:
                 if isinstance(effect, Append):
                     if isinstance(effect.body, h.StepFailed) and effect.body.retry_at is not None:
                         self._for_job(replay.job.name)[4].inc()
-                    await self._append(replay, effect.body)
+                    # A cancel taken in while appending wins over an ending not yet written.
+                    await self._append(replay, replay.cancel_wins(effect.body))
                     summary = self._summaries.get(run_id)
                     if summary is not None:
                         # No timestamp per step: the session stamps updated_at at its end.
@@ -547,16 +559,26 @@ class Runner:
             raise
         for sent in scheduled:
             await self.log.confirm(sent)
+        return any(isinstance(effect, Append) for effect in outbox)
 
     async def _append(self, replay: Replay, body: h.Journal) -> None:
         """Append, fenced on the whole run; new inputs are read in and the append retried."""
+        empty = 0
         for _ in range(100):
             try:
                 seq = await self.log.append(replay.run_id, body, replay.last_seq)
-            except FenceLost:
+            except FenceLost as lost:
                 # Something landed after what we read: a new input (take it in and
                 # go on), or another runner's entry (_ingest_tail raises FenceLost).
-                await self._ingest_tail(replay, journal=True)
+                if await self._ingest_tail(replay, journal=True):
+                    empty = 0
+                    continue
+                empty += 1
+                found = re.search(r"wrong last sequence: (\d+)", str(lost))
+                if empty >= 3 and found:
+                    # Reads keep finding nothing new: the message is on another
+                    # subject under the run (not an input, not an entry). Step over it.
+                    replay.last_seq = max(replay.last_seq, int(found.group(1)))
                 continue
             replay.appended(seq)
             return
@@ -573,6 +595,8 @@ class Runner:
                 result = await self._call(ex.fn)
         except TimeoutError as exc:
             if scope is not None and scope.expired():
+                if not inspect.iscoroutinefunction(ex.fn):
+                    self._abandoned_thread()
                 error = StepTimeout(
                     f"step {ex.step!r} attempt {ex.attempt} timed out after {ex.timeout:g}s"
                 )
@@ -603,6 +627,18 @@ class Runner:
                 error=f"{type(error).__name__}: {error}",
             )
         return Outcome(started_at=started, duration_ms=duration, result=result, error=error)
+
+    def _new_pool(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=self._pool_size, thread_name_prefix="jetlane-step")
+
+    def _abandoned_thread(self) -> None:
+        """A sync step timed out: its thread cannot be stopped and still holds a worker.
+        Once half the pool is held so, new calls go to a fresh pool (the old one ends
+        when its calls return), so stuck calls never starve the other runs."""
+        self._stuck += 1
+        if self._stuck >= self._pool_size // 2:
+            old, self._threads, self._stuck = self._threads, self._new_pool(), 0
+            old.shutdown(wait=False)
 
     async def _call(self, fn: Any) -> Any:
         """Call a step function: a coroutine function on the loop, anything else in a
@@ -686,6 +722,9 @@ class Runner:
                 count = 0
                 async for run_id, job, _why in self.log.waiting_runs():
                     if job in self.jobs:
+                        while len(self._tasks) >= self.config.concurrency:
+                            self._slot.clear()  # thousands may wait: keep to our slots
+                            await self._slot.wait()
                         self._wake(run_id, waiting=True)
                         count += 1
                 if count:
