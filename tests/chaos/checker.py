@@ -64,11 +64,12 @@ OUTCOMES = (h.StepCompleted, h.StepFailed, h.SleepCompleted, h.EventReceived, h.
 @dataclass(frozen=True)
 class Violation:
     invariant: str
+    kind: str  # a short code, to count violations of one invariant by what broke it
     run_id: str
     evidence: str
 
     def __str__(self) -> str:
-        return f"[{self.invariant}] run {self.run_id}: {self.evidence}"
+        return f"[{self.invariant}: {self.kind}] run {self.run_id}: {self.evidence}"
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,7 @@ def _held(
         found.append(
             Violation(
                 CANCEL_PAUSE,
+                f"steps-after-{what}",
                 run_id,
                 f"{len(steps)} steps ({outcomes} outcomes) progressed after the {what} "
                 f"{_entry(start)}: {listed}",
@@ -237,6 +239,7 @@ def _held(
             found.append(
                 Violation(
                     CANCEL_PAUSE,
+                    f"executions-after-{what}",
                     run_id,
                     f"{len(began)} step executions began after the {what} {_entry(start)} "
                     f"(one in flight is allowed): {listed}",
@@ -277,6 +280,7 @@ def check_cancel_pause(
             found.append(
                 Violation(
                     CANCEL_PAUSE,
+                    "cancel-ignored",
                     run_id,
                     f"the cancel {_entry(cancel)} was never acted on: no terminal entry "
                     f"(last journal entry {_entry(last[0])})",
@@ -300,6 +304,7 @@ def check_cancel_pause(
             found.append(
                 Violation(
                     CANCEL_PAUSE,
+                    "resumed-run-stuck",
                     run_id,
                     f"resumed by {_entry(resumed)} but never went on to an end "
                     f"(last entry {_entry(history[-1])})",
@@ -350,6 +355,7 @@ def check_reexecution(
                 found.append(
                     Violation(
                         REEXECUTION,
+                        "ran-after-recorded",
                         run_id,
                         f"{ex.describe()} began at {_clock(ex.begin)}, "
                         f"{ex.begin - recorded:.3f}s after the journal recorded "
@@ -371,6 +377,7 @@ def check_reexecution(
                 found.append(
                     Violation(
                         REEXECUTION,
+                        "outcome-without-execution",
                         run_id,
                         f"the journal records {_entry(msg)} but no execution of it is in "
                         "the effect log",
@@ -405,6 +412,7 @@ def check_values(
             found.append(
                 Violation(
                     VALUES,
+                    "value-not-recorded",
                     run_id,
                     f"{ex.describe()} (began {_clock(ex.begin)}) saw ctx.uuid() "
                     f"{ex.value}, which the journal never recorded (recorded: "
@@ -423,6 +431,7 @@ def check_values(
             found.append(
                 Violation(
                     VALUES,
+                    "values-differ",
                     run_id,
                     f"the executions of {step!r} saw {len(values)} different values: {listed}",
                 )
@@ -435,16 +444,19 @@ def check_values(
 
 def _timer_origin(
     seq: int, token: str, run_id: str, names: Names, fired: Mapping[int, str], sent: Sent
-) -> str | None:
-    """Why input ``seq`` is not the server's firing of timer ``token``; None when it is."""
+) -> tuple[str, str] | None:
+    """Why input ``seq`` is not the server's firing of timer ``token`` (kind, evidence)."""
     scheduler = fired.get(seq)
     if scheduler == names.timer(run_id, token):
         return None
     if scheduler is not None:
-        return f"input #{seq} was fired by schedule {scheduler!r}, not {token!r}'s"
+        return (
+            "wrong-schedule",
+            f"input #{seq} was fired by schedule {scheduler!r}, not {token!r}'s",
+        )
     if seq in sent.forged:
-        return f"input #{seq} is a timer the nemesis forged on .in"
-    return (
+        return "forged-timer-used", f"input #{seq} is a timer the nemesis forged on .in"
+    return "timer-not-fired-by-server", (
         f"input #{seq} was published directly on .in, not fired by the server "
         f"(no Nats-Stream-Source from {names.timers_stream}: a runner's in-memory timer)"
     )
@@ -485,6 +497,7 @@ def check_timers(
             found.append(
                 Violation(
                     TIMERS,
+                    "ended-early",
                     run_id,
                     f"{_entry(msg)} came {due_at - at:.3f}s before its timer was due "
                     f"({due}); it names input #{input_seq}",
@@ -499,6 +512,7 @@ def check_timers(
             found.append(
                 Violation(
                     TIMERS,
+                    "not-a-timer",
                     run_id,
                     f"{_entry(msg)} names input #{input_seq}, which is not a timer input "
                     f"of this run{'' if armed else ' (and no timer_set armed one)'}",
@@ -508,7 +522,7 @@ def check_timers(
         token = armed.body.timer
         why = _timer_origin(input_seq, token, run_id, names, fired, sent)
         if timer.body.timer != token:
-            why = f"input #{input_seq} carries token {timer.body.timer!r}, armed was {token!r}"
+            why = "wrong-token", f"input #{input_seq} carries {timer.body.timer!r}, not {token!r}"
         if why is not None:
             fired_at = epoch(timer.time)
             early = (
@@ -516,7 +530,7 @@ def check_timers(
                 if due_at is not None and fired_at is not None and fired_at < due_at
                 else ""
             )
-            found.append(Violation(TIMERS, run_id, f"{_entry(msg)}: {why}{early}"))
+            found.append(Violation(TIMERS, why[0], run_id, f"{_entry(msg)}: {why[1]}{early}"))
 
     for msg in _journal(history):
         body = msg.body
@@ -565,6 +579,7 @@ def _retries(
                 found.append(
                     Violation(
                         TIMERS,
+                        "retry-early",
                         run_id,
                         f"{_entry(following)} began at {_clock(when)}, {due - when:.3f}s "
                         f"before the retry was due ({body.retry_at}, {_entry(failed)})",
@@ -602,6 +617,7 @@ def _retries(
                 found.append(
                     Violation(
                         TIMERS,
+                        "retry-without-timer",
                         run_id,
                         f"the retry {_entry(following)} ran, but no timer input for "
                         f"{_entry(failed)} came before it",
@@ -610,9 +626,8 @@ def _retries(
                 continue
             why = _timer_origin(woke.seq, woke.body.timer, run_id, names, fired, sent)
             if why is not None:
-                found.append(
-                    Violation(TIMERS, run_id, f"the retry {_entry(following)} was woken: {why}")
-                )
+                evidence = f"the retry {_entry(following)} was woken: {why[1]}"
+                found.append(Violation(TIMERS, why[0], run_id, evidence))
     return found
 
 
@@ -642,6 +657,7 @@ def check_inputs(
                 found.append(
                     Violation(
                         INPUTS,
+                        "ack-missing",
                         run_id,
                         f"the acknowledged {kind} #{seq} is not in the run's history "
                         f"(found {msg.kind if msg else 'nothing'} there)",
@@ -655,6 +671,7 @@ def check_inputs(
             found.append(
                 Violation(
                     INPUTS,
+                    "start-refused",
                     run_id,
                     f"the start of a new run was refused: {sent.start_refused}{early}; "
                     f"the inbox holds {stored}",
@@ -670,6 +687,7 @@ def check_inputs(
             found.append(
                 Violation(
                     INPUTS,
+                    "never-ended",
                     run_id,
                     "the run never ended"
                     + (f" (last journal entry {_entry(last[0])})" if last else " (empty journal)"),
@@ -681,6 +699,7 @@ def check_inputs(
         found.append(
             Violation(
                 INPUTS,
+                "run-failed",
                 run_id,
                 f"the run failed: {error.type}: {error.message} ({_entry(terminal)})",
             )
@@ -717,6 +736,7 @@ def _waits(run_id: str, history: Sequence[h.Message], tally: Tally, sent: Sent) 
                     found.append(
                         Violation(
                             INPUTS,
+                            "event-skipped",
                             run_id,
                             f"{_entry(msg)} took event #{body.input_seq}, but event "
                             f"#{first.seq} of type {body.type!r} came first and was never used",
@@ -728,6 +748,7 @@ def _waits(run_id: str, history: Sequence[h.Message], tally: Tally, sent: Sent) 
                     found.append(
                         Violation(
                             INPUTS,
+                            "wait-missed-event",
                             run_id,
                             f"{_entry(msg)} timed out although event #{first.seq} of type "
                             f"{body.type!r} was stored before its timer #{limit}",
@@ -746,6 +767,7 @@ def _waits(run_id: str, history: Sequence[h.Message], tally: Tally, sent: Sent) 
                     found.append(
                         Violation(
                             INPUTS,
+                            "output-mismatch",
                             run_id,
                             f"the output shows {shown[step]!r} for wait {step!r}, but the "
                             f"journal says it got {payload!r}",
@@ -759,20 +781,29 @@ def check_dead_letters(
 ) -> list[Violation]:
     """I5: the dead-letter subjects hold only the malformed inputs sent on purpose."""
     found = []
+    copies = Counter(record.get("seq") for record in records)
+    reported: set[Any] = set()
     for record in records:
-        tally(INPUTS)
         seq = record.get("seq")
-        if seq not in malformed:
-            subject = str(record.get("subject", ""))
-            parts = subject.split(".")
-            run_id = parts[2] if len(parts) > 3 else "?"
-            found.append(
-                Violation(
-                    INPUTS,
-                    run_id,
-                    f"valid input #{seq} on {subject} was dead-lettered: {record.get('reason')!r}",
-                )
+        if seq in reported:
+            continue  # a redelivered input dead-lettered again: one violation, counted
+        reported.add(seq)
+        tally(INPUTS)
+        if seq in malformed:
+            continue
+        subject = str(record.get("subject", ""))
+        parts = subject.split(".")
+        run_id = parts[2] if len(parts) > 3 else "?"
+        times = f" ({copies[seq]} times)" if copies[seq] > 1 else ""
+        found.append(
+            Violation(
+                INPUTS,
+                "valid-dead-lettered",
+                run_id,
+                f"valid input #{seq} on {subject} was dead-lettered{times}: "
+                f"{record.get('reason')!r}",
             )
+        )
     return found
 
 
@@ -802,6 +833,7 @@ def check_append_only(
             return [
                 Violation(
                     JOURNAL,
+                    "not-append-only",
                     run_id,
                     f"history is not append-only: message {i} was {_entry(old)} "
                     f"({len(earlier)} read earlier), now "
@@ -817,14 +849,14 @@ def check_journal(
     """I6: entries decode and fit the README's table; attempts count up; one terminal, last."""
     found: list[Violation] = []
 
-    def bad(evidence: str) -> None:
-        found.append(Violation(JOURNAL, run_id, evidence))
+    def bad(kind: str, evidence: str) -> None:
+        found.append(Violation(JOURNAL, kind, run_id, evidence))
 
     by_seq = {m.seq: m for m in history}
     seqs = [m.seq for m in history]
     tally(JOURNAL)
     if seqs != sorted(set(seqs)):
-        bad(f"history is not in strictly increasing stream order: {seqs}")
+        bad("out-of-order", f"history is not in strictly increasing stream order: {seqs}")
     journal = _journal(history)
     terminal_seen: h.Message | None = None
     attempts: dict[str, int] = {}
@@ -834,30 +866,42 @@ def check_journal(
         body = msg.body
         tally(JOURNAL)
         if terminal_seen is not None:
-            bad(f"{_entry(msg)} follows the terminal entry {_entry(terminal_seen)}")
+            bad(
+                "after-terminal",
+                f"{_entry(msg)} follows the terminal entry {_entry(terminal_seen)}",
+            )
         if isinstance(body, h.Invalid):
-            bad(f"journal entry #{msg.seq} does not decode: {body.reason}")
+            bad("undecodable", f"journal entry #{msg.seq} does not decode: {body.reason}")
             continue
         for name in _TIME_FIELDS:
             value = getattr(body, name, None)
             if value is not None and not TIME.fullmatch(value):
-                bad(f"{_entry(msg)}: {name} {value!r} is not RFC 3339 UTC with milliseconds")
+                bad(
+                    "bad-time",
+                    f"{_entry(msg)}: {name} {value!r} is not RFC 3339 UTC with milliseconds",
+                )
         step = getattr(body, "step", None)
         if step is not None and not step:
-            bad(f"{_entry(msg)} has an empty step id")
+            bad("empty-step", f"{_entry(msg)} has an empty step id")
         want = _REFERS.get(type(body))
         input_seq = getattr(body, "input_seq", None)
         if want is not None and input_seq is not None:
             ref = by_seq.get(input_seq)
             if ref is None or ref.direction != "in" or not isinstance(ref.body, want):
                 found_kind = ref.kind if ref is not None else "nothing"
-                bad(f"{_entry(msg)} names input #{input_seq}, which is {found_kind}")
+                bad(
+                    "bad-reference",
+                    f"{_entry(msg)} names input #{input_seq}, which is {found_kind}",
+                )
         if isinstance(body, h.StepCompleted | h.StepFailed):
             expected = attempts.get(body.step, 0) + 1
             if body.step in closed:
-                bad(f"{_entry(msg)} after the step's final outcome {_entry(closed[body.step])}")
+                bad(
+                    "after-final-outcome",
+                    f"{_entry(msg)} after the step's final outcome {_entry(closed[body.step])}",
+                )
             elif body.attempt != expected:
-                bad(f"{_entry(msg)}: attempts go {expected - 1} -> {body.attempt}")
+                bad("attempt-gap", f"{_entry(msg)}: attempts go {expected - 1} -> {body.attempt}")
             attempts[body.step] = max(attempts.get(body.step, 0), body.attempt)
             if _final(body):
                 closed.setdefault(body.step, msg)
@@ -865,16 +909,22 @@ def check_journal(
                 pending_retry[body.step] = body.retry_at
         elif isinstance(body, h.SleepCompleted | h.EventReceived | h.WaitTimedOut):
             if body.step in closed:
-                bad(f"{_entry(msg)}: a second outcome (first {_entry(closed[body.step])})")
+                bad(
+                    "second-outcome",
+                    f"{_entry(msg)}: a second outcome (first {_entry(closed[body.step])})",
+                )
             closed.setdefault(body.step, msg)
         elif isinstance(body, h.TimerSet) and body.purpose == "retry":
             due = pending_retry.pop(body.step, None)
             if due is not None and due != body.fire_at:
-                bad(f"{_entry(msg)}: fire_at {body.fire_at} but the failure said {due}")
+                bad(
+                    "retry-timer-mismatch",
+                    f"{_entry(msg)}: fire_at {body.fire_at} but the failure said {due}",
+                )
         elif isinstance(body, h.TimerSet) and body.purpose not in ("sleep", "wait_timeout"):
-            bad(f"{_entry(msg)}: unknown timer purpose {body.purpose!r}")
+            bad("bad-purpose", f"{_entry(msg)}: unknown timer purpose {body.purpose!r}")
         elif isinstance(body, h.ValuesRecorded) and not body.values:
-            bad(f"{_entry(msg)} records no values")
+            bad("empty-values", f"{_entry(msg)} records no values")
         if isinstance(body, h.TERMINAL):
             terminal_seen = terminal_seen or msg
     if budget is not None:
@@ -882,8 +932,9 @@ def check_journal(
         if len(journal) > budget:
             counts = Counter(m.kind for m in journal)
             bad(
+                "over-budget",
                 f"the journal holds {len(journal)} entries, more than any run of its job "
-                f"can write ({budget}): {dict(counts.most_common(4))}"
+                f"can write ({budget}): {dict(counts.most_common(4))}",
             )
     return found
 

@@ -117,11 +117,11 @@ def check(
 
 
 def only(found: list[Violation], invariant: str, *words: str) -> Violation:
-    """The one violation found; it names ``invariant`` and its evidence has ``words``."""
+    """The one violation found; it names ``invariant``, and its kind and evidence hold ``words``."""
     assert len(found) == 1, "\n".join(map(str, found))
     assert found[0].invariant == invariant, found[0]
     for word in words:
-        assert word in found[0].evidence, found[0]
+        assert word in str(found[0]), found[0]
     return found[0]
 
 
@@ -168,7 +168,8 @@ def test_cancel_with_the_step_in_flight_finishing_is_fine() -> None:
 def test_steps_after_a_cancel_are_a_violation_in_journal_and_effects() -> None:
     run, effects = cancelled_run(steps_after=2)
     found = check(run, effects)
-    assert [v.invariant for v in found] == [CANCEL_PAUSE, CANCEL_PAUSE]
+    assert [v.kind for v in found] == ["steps-after-cancel", "executions-after-cancel"]
+    assert {v.invariant for v in found} == {CANCEL_PAUSE}
     assert "3 steps (3 outcomes) progressed after the cancel #2" in found[0].evidence
     assert "2 step executions began after the cancel" in found[1].evidence
 
@@ -178,7 +179,7 @@ def test_a_cancel_never_acted_on_is_a_violation() -> None:
     start = run.inp(h.Start("invariants", {}), 0.0)
     run.out(h.WaitStarted("go", "go", at(600)), 0.1)
     run.inp(h.Cancel(None), 0.5)
-    only(check(run, [], Sent(RUN, starts=[start])), CANCEL_PAUSE, "never acted on")
+    only(check(run, [], Sent(RUN, starts=[start])), CANCEL_PAUSE, "cancel-ignored", "never acted")
     assert check(run, [], Sent(RUN, starts=[start]), settled=False) == []
 
 
@@ -202,14 +203,14 @@ def test_pause_holds_all_but_the_step_in_flight() -> None:
     broken = paused_run(resumed=True, steps_while_paused=3, finished=True)
     effects = [ex("s0", 0.05), ex("s1", 0.25), ex("s2", 0.45), ex("s9", 3.1)]
     found = check(broken, effects)
-    assert [v.invariant for v in found] == [CANCEL_PAUSE, CANCEL_PAUSE]
+    assert [v.kind for v in found] == ["steps-after-pause", "executions-after-pause"]
     assert "progressed after the pause #2" in found[0].evidence
     assert "2 step executions began after the pause" in found[1].evidence
 
 
 def test_a_resumed_run_that_never_ends_is_a_violation() -> None:
     run = paused_run(resumed=True, steps_while_paused=0, finished=False)
-    only(check(run, [ex("s9", 3.1)]), CANCEL_PAUSE, "resumed by #3", "never went on")
+    only(check(run, [ex("s9", 3.1)]), CANCEL_PAUSE, "resumed-run-stuck", "resumed by #3")
 
 
 # -- I2 re-execution -----------------------------------------------------------------
@@ -218,7 +219,7 @@ def test_a_resumed_run_that_never_ends_is_a_violation() -> None:
 def test_an_execution_after_the_recorded_outcome_is_a_violation() -> None:
     run, effects, sent = good()
     late = ex("s0", 0.5, value=U1)  # the outcome was recorded at 0.2
-    only(check(run, [*effects, late], sent), REEXECUTION, "0.300s after", "step_completed")
+    only(check(run, [*effects, late], sent), REEXECUTION, "ran-after-recorded", "0.300s after")
 
 
 def test_rerunning_an_attempt_already_recorded_as_failed_is_a_violation() -> None:
@@ -239,7 +240,7 @@ def test_rerunning_an_attempt_already_recorded_as_failed_is_a_violation() -> Non
 
 def test_a_recorded_outcome_with_no_execution_is_a_violation() -> None:
     run, _, sent = good()
-    only(check(run, [], sent), REEXECUTION, "no execution of it")
+    only(check(run, [], sent), REEXECUTION, "outcome-without-execution", "no execution of it")
     sent.logs_effects = False
     assert check(run, [], sent) == []
 
@@ -251,7 +252,8 @@ def test_a_value_the_journal_never_recorded_is_a_violation() -> None:
     run, effects, sent = good()
     killed = Execution(RUN, "s0", 1, U2, 4243, wall(0.01), None)  # SIGKILLed mid-step
     found = check(run, [killed, *effects], sent)
-    assert [v.invariant for v in found] == [VALUES, VALUES]
+    assert [v.kind for v in found] == ["value-not-recorded", "values-differ"]
+    assert {v.invariant for v in found} == {VALUES}
     assert U2 in found[0].evidence and "never recorded" in found[0].evidence
     assert "saw 2 different values" in found[1].evidence
 
@@ -285,14 +287,15 @@ def test_a_sleep_ended_by_the_servers_timer_on_time_is_fine() -> None:
 def test_a_forged_timer_ending_a_sleep_early_is_a_violation() -> None:
     run, sent = napping(fire=0.5, fired=False, forged=True)
     found = check(run, [], sent)
-    assert [v.invariant for v in found] == [TIMERS, TIMERS]
+    assert [v.kind for v in found] == ["ended-early", "forged-timer-used"]
+    assert {v.invariant for v in found} == {TIMERS}
     assert "0.690s before its timer was due" in found[0].evidence
     assert "the nemesis forged" in found[1].evidence
 
 
 def test_a_timer_published_on_the_inbox_is_not_a_fired_one() -> None:
     run, sent = napping(fire=1.25, fired=False)
-    only(check(run, [], sent), TIMERS, "published directly on .in", "P_TIMERS")
+    only(check(run, [], sent), TIMERS, "timer-not-fired-by-server", "directly on .in", "P_TIMERS")
 
 
 def test_a_wait_timing_out_early_is_a_violation() -> None:
@@ -326,7 +329,7 @@ def test_a_retry_before_its_time_woken_by_a_forged_timer_is_a_violation() -> Non
     assert check(run, effects) == []
     run, effects = retried(woken_at=0.3, fired=False, begin=0.31)
     found = check(run, effects)
-    assert [v.invariant for v in found] == [TIMERS, TIMERS]
+    assert [v.kind for v in found] == ["retry-early", "timer-not-fired-by-server"]
     assert "before the retry was due" in found[0].evidence
     assert "published directly on .in" in found[1].evidence
 
@@ -338,7 +341,7 @@ def test_a_retry_with_no_timer_at_all_is_a_violation() -> None:
     run.out(h.StepCompleted("s0", 2, None, at(0.6), 10.0), 0.7)
     run.out(h.RunCompleted(None), 0.8)
     effects = [ex("s0", 0.0, attempt=1), ex("s0", 0.6, attempt=2)]
-    only(check(run, effects), TIMERS, "no timer input")
+    only(check(run, effects), TIMERS, "retry-without-timer", "no timer input")
 
 
 # -- I5 inputs -----------------------------------------------------------------------
@@ -358,7 +361,7 @@ def test_a_start_refused_because_an_event_came_first_is_a_violation() -> None:
     run = History()
     early = run.inp(h.Event("go", None), 0.0)
     sent = Sent(RUN, start_refused="RunAlreadyExists", early_events=[early], events=[early])
-    only(check(run, [], sent), INPUTS, "refused: RunAlreadyExists", "#1 event")
+    only(check(run, [], sent), INPUTS, "start-refused", "RunAlreadyExists", "#1 event")
 
 
 def test_a_wait_timing_out_past_a_stored_event_is_a_violation() -> None:
@@ -371,7 +374,7 @@ def test_a_wait_timing_out_past_a_stored_event_is_a_violation() -> None:
     run.out(h.WaitTimedOut("maybe", "maybe", timer), 1.02)
     run.out(h.RunCompleted({"events": {"maybe": None}}), 1.03)
     found = check(run, [], Sent(RUN, starts=[start], events=[event]))
-    only(found, INPUTS, "timed out although event #2")
+    only(found, INPUTS, "wait-missed-event", "timed out although event #2")
 
 
 def test_a_wait_taking_a_later_event_or_an_output_not_showing_it_is_a_violation() -> None:
@@ -382,7 +385,7 @@ def test_a_wait_taking_a_later_event_or_an_output_not_showing_it_is_a_violation(
     run.out(h.EventReceived("go", "go", second), 0.1)
     run.out(h.RunCompleted({"events": {"go": 3}}), 0.2)
     found = check(run, [], Sent(RUN, starts=[start], events=[first, second]))
-    assert [v.invariant for v in found] == [INPUTS, INPUTS]
+    assert [v.kind for v in found] == ["event-skipped", "output-mismatch"]
     assert "but event #2 of type 'go' came first" in found[0].evidence
     assert "the output shows 3 for wait 'go'" in found[1].evidence
 
@@ -391,22 +394,24 @@ def test_a_run_that_never_ends_or_fails_is_a_violation() -> None:
     run = History()
     start = run.inp(h.Start("invariants", {}), 0.0)
     run.out(h.WaitStarted("go", "go", at(600)), 0.1)
-    only(check(run, [], Sent(RUN, starts=[start])), INPUTS, "never ended")
+    only(check(run, [], Sent(RUN, starts=[start])), INPUTS, "never-ended")
     run.out(h.RunFailed(h.ErrorInfo("Boom", "no")), 0.2)
-    only(check(run, [], Sent(RUN, starts=[start])), INPUTS, "failed: Boom: no")
+    only(check(run, [], Sent(RUN, starts=[start])), INPUTS, "run-failed", "Boom: no")
 
 
 def test_only_malformed_inputs_may_be_dead_lettered() -> None:
     records = [
         {"seq": 5, "subject": "p.run.r1.in", "reason": "bad kind"},
         {"seq": 6, "subject": "p.run.r2.in", "reason": "run 'r2' has no start"},
+        {"seq": 6, "subject": "p.run.r2.in", "reason": "run 'r2' has no start"},
     ]
     found = check_dead_letters(records, {5}, Tally())
     assert found == [
         Violation(
             INPUTS,
+            "valid-dead-lettered",
             "r2",
-            "valid input #6 on p.run.r2.in was dead-lettered: \"run 'r2' has no start\"",
+            "valid input #6 on p.run.r2.in was dead-lettered (2 times): \"run 'r2' has no start\"",
         )
     ]
 
