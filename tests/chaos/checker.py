@@ -488,41 +488,51 @@ def check_timers(
         elif isinstance(body, h.WaitStarted):
             waits.setdefault(body.step, body)
 
-    def ended(msg: h.Message, due: str, purpose: str, input_seq: int | None) -> None:
+    def ended(msg: h.Message, due: str | None, purpose: str, input_seq: int | None) -> None:
         step = msg.body.step
-        tally(TIMERS)
-        due_at = epoch(due)
+        due_at = epoch(due) if due is not None else None
         at = epoch(msg.time)
-        if due_at is not None and at is not None and at < due_at - SLACK:
-            found.append(
-                Violation(
-                    TIMERS,
-                    "ended-early",
-                    run_id,
-                    f"{_entry(msg)} came {due_at - at:.3f}s before its timer was due "
-                    f"({due}); it names input #{input_seq}",
+        if due_at is not None and at is not None:
+            tally(TIMERS)
+            if at < due_at - SLACK:
+                found.append(
+                    Violation(
+                        TIMERS,
+                        "ended-early",
+                        run_id,
+                        f"{_entry(msg)} came {due_at - at:.3f}s before its timer was due "
+                        f"({due}); it names input #{input_seq}",
+                    )
                 )
-            )
         if input_seq is None:
             return
         tally(TIMERS)
         timer = by_seq.get(input_seq)
-        armed = timer_sets.get((step, purpose))
-        if timer is None or not isinstance(timer.body, h.Timer) or armed is None:
+        if timer is None or not isinstance(timer.body, h.Timer):
             found.append(
                 Violation(
                     TIMERS,
                     "not-a-timer",
                     run_id,
-                    f"{_entry(msg)} names input #{input_seq}, which is not a timer input "
-                    f"of this run{'' if armed else ' (and no timer_set armed one)'}",
+                    f"{_entry(msg)} names input #{input_seq}, which is "
+                    f"{timer.kind if timer is not None else 'not in the history'}",
                 )
             )
             return
-        token = armed.body.timer
+        # The armed token: from the timer_set, else (a runner died between the wait's
+        # or sleep's entry and its timer_set, and a successor re-armed the schedule
+        # without a journal entry) the step and purpose the timer input names.
+        armed = timer_sets.get((step, purpose))
+        token = armed.body.timer if armed is not None else timer.body.timer
         why = _timer_origin(input_seq, token, run_id, names, fired, sent)
-        if timer.body.timer != token:
-            why = "wrong-token", f"input #{input_seq} carries {timer.body.timer!r}, not {token!r}"
+        if timer.body.timer != token or (timer.body.step, timer.body.purpose) != (step, purpose):
+            why = (
+                "wrong-token",
+                (
+                    f"input #{input_seq} is timer {timer.body.timer!r} of step "
+                    f"{timer.body.step!r} ({timer.body.purpose}), not {token!r}"
+                ),
+            )
         if why is not None:
             fired_at = epoch(timer.time)
             early = (
@@ -536,12 +546,14 @@ def check_timers(
         body = msg.body
         if isinstance(body, h.SleepCompleted):
             armed = timer_sets.get((body.step, "sleep"))
-            if armed is not None:
-                ended(msg, armed.body.fire_at, "sleep", body.input_seq)
+            due = armed.body.fire_at if armed is not None else None
+            if due is not None or body.input_seq is not None:
+                ended(msg, due, "sleep", body.input_seq)
         elif isinstance(body, h.WaitTimedOut):
             wait = waits.get(body.step)
-            if wait is not None:
-                ended(msg, wait.timeout_at, "wait_timeout", body.input_seq)
+            ended(
+                msg, wait.timeout_at if wait is not None else None, "wait_timeout", body.input_seq
+            )
     found += _retries(run_id, history, executions, tally, names, fired, sent)
     return found
 

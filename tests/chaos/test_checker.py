@@ -313,6 +313,32 @@ def test_a_wait_timing_out_early_is_a_violation() -> None:
     assert "the nemesis forged" in found[1].evidence
 
 
+def test_a_wait_timeout_re_armed_without_a_timer_set_is_judged_by_its_input() -> None:
+    # A runner died between wait_started and timer_set; its successor re-armed the
+    # schedule without a journal entry: the fired timer input is still the evidence.
+    def waited(*, fired: bool) -> tuple[History, Sent]:
+        run = History()
+        start = run.inp(h.Start("invariants", {}), 0.0)
+        run.out(h.WaitStarted("maybe", "maybe", at(1.0)), 0.1)
+        timer = run.timer("wait_timeout-1-dddd", "maybe", "wait_timeout", 1.1, fired=fired)
+        run.out(h.WaitTimedOut("maybe", "maybe", timer), 1.2)
+        run.out(h.RunCompleted(None), 1.3)
+        return run, Sent(RUN, starts=[start])
+
+    run, sent = waited(fired=True)
+    assert check(run, [], sent) == []
+    run, sent = waited(fired=False)
+    only(check(run, [], sent), TIMERS, "timer-not-fired-by-server")
+    run, sent = waited(fired=True)
+    run.messages[2] = msgspec.structs.replace(
+        run.messages[2], body=h.Timer("sleep-1-eeee", "nap", "sleep")
+    )
+    only(check(run, [], sent), TIMERS, "wrong-token", "of step 'nap'")
+    run.messages[2] = msgspec.structs.replace(run.messages[2], kind="event", body=h.Event("x"))
+    found = [v for v in check(run, [], sent) if v.invariant == TIMERS]
+    only(found, TIMERS, "not-a-timer", "which is event")
+
+
 def retried(*, woken_at: float, fired: bool, begin: float) -> tuple[History, list[Execution]]:
     run = History()
     run.inp(h.Start("invariants", {}), 0.0)
