@@ -35,6 +35,9 @@ FAULTS = {
     "server_sigkill": 1,
     "consumer_recreated": 1,
 }
+# Least seconds between two faults of a kind: a recreated consumer redelivers every
+# input ever stored, which costs more the longer the run; a server restart stalls all.
+COOLDOWN = {"server_sigkill": 8.0, "consumer_recreated": 30.0}
 
 
 class Pool:
@@ -117,7 +120,8 @@ class Nemesis:
         self._wakers: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        kinds, weights = zip(*FAULTS.items(), strict=True)
+        loop = asyncio.get_running_loop()
+        last: dict[str, float] = {}
         try:
             while not stop.is_set():
                 try:
@@ -126,7 +130,14 @@ class Nemesis:
                 except TimeoutError:
                     pass
                 self.faults["runner_respawned"] += self.pool.respawn_dead()
-                kind = self.rng.choices(kinds, weights)[0]
+                now = loop.time()
+                ready = {
+                    kind: weight
+                    for kind, weight in FAULTS.items()
+                    if now - last.get(kind, -1e9) >= COOLDOWN.get(kind, 0.0)
+                }
+                kind = self.rng.choices(list(ready), list(ready.values()))[0]
+                last[kind] = now
                 await getattr(self, kind)()
                 self.faults[kind] += 1
         finally:
