@@ -298,6 +298,13 @@ def test_a_timer_published_on_the_inbox_is_not_a_fired_one() -> None:
     only(check(run, [], sent), TIMERS, "timer-not-fired-by-server", "directly on .in", "P_TIMERS")
 
 
+def test_a_timer_fired_by_another_schedule_is_not_this_steps() -> None:
+    run, sent = napping(fire=1.25, fired=True)
+    timer = next(seq for seq in run.fired)
+    run.fired[timer] = NAMES.timer(RUN, "sleep-1-ffff")
+    only(check(run, [], sent), TIMERS, "wrong-schedule", "p.timer.r1.sleep-1-ffff")
+
+
 def test_a_wait_timing_out_early_is_a_violation() -> None:
     run = History()
     start = run.inp(h.Start("invariants", {}), 0.0)
@@ -511,6 +518,31 @@ def test_references_times_and_the_budget_are_checked() -> None:
     run, effects, sent = good()
     sent.budget = 5
     only(check(run, effects, sent), JOURNAL, "more than any run of its job can write (5)")
+
+
+@pytest.mark.parametrize(
+    ("entries", "kind"),
+    [
+        ([h.StepCompleted("", 1, None, at(0.0), 1.0)], "empty-step"),
+        ([h.TimerSet("nap", NAP, at(1.0), "nap-time")], "bad-purpose"),
+        ([h.ValuesRecorded([])], "empty-values"),
+        ([h.SleepCompleted("nap", None), h.SleepCompleted("nap", None)], "second-outcome"),
+    ],
+)
+def test_entries_that_do_not_fit_the_table_are_violations(entries: list[Any], kind: str) -> None:
+    run = History()
+    start = run.inp(h.Start("invariants", {}), 0.0)
+    for body in entries:
+        run.out(body, 0.1)
+    sent = Sent(RUN, starts=[start], logs_effects=False)
+    found = [v for v in check(run, [], sent, settled=False) if v.invariant == JOURNAL]
+    only(found, JOURNAL, kind)
+
+
+def test_a_history_out_of_stream_order_is_a_violation() -> None:
+    run, effects, sent = good()
+    run.messages[1], run.messages[2] = run.messages[2], run.messages[1]
+    only(check(run, effects, sent), JOURNAL, "out-of-order")
 
 
 def test_a_retry_timer_must_match_its_failure() -> None:
