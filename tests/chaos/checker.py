@@ -638,7 +638,10 @@ def _retries(
                 continue
             why = _timer_origin(woke.seq, woke.body.timer, run_id, names, fired, sent)
             if why is not None:
-                evidence = f"the retry {_entry(following)} was woken: {why[1]}"
+                evidence = (
+                    f"the retry {_entry(following)} went ahead on its token's first timer "
+                    f"input: {why[1]}"
+                )
                 found.append(Violation(TIMERS, why[0], run_id, evidence))
     return found
 
