@@ -24,9 +24,12 @@ lint: $(STAMP)
 
 check: lint test
 
-# The full chaos run (tests/chaos): 200 runs, a runner SIGKILLed every few hundred ms.
+# The full chaos runs (tests/chaos): 200 runs with a runner SIGKILLed every few hundred ms,
+# then JETLANE_CHAOS_MINUTES (default 10) of the nemesis with every run checked against
+# the invariants; JETLANE_TEST_SEED=<seed> replays a seed.
 chaos: $(STAMP)
-	JETLANE_CHAOS_RUNS=$${JETLANE_CHAOS_RUNS:-200} $(BIN)/pytest tests/chaos -v
+	JETLANE_CHAOS_RUNS=$${JETLANE_CHAOS_RUNS:-200} \
+	JETLANE_CHAOS_MINUTES=$${JETLANE_CHAOS_MINUTES:-10} $(BIN)/pytest tests/chaos -v
 
 dev: $(STAMP)
 	$(BIN)/jetlane dev --jobs jobs

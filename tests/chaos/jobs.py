@@ -1,18 +1,31 @@
-"""Jobs for the chaos, cluster and bad-input tests.
+"""Jobs for the chaos, cluster, bad-input and invariant tests.
 
 Every step execution appends ``<step_key>`` to ``$JETLANE_TEST_EXEC_LOG`` (one
 line, written before the step returns), so a test can count how often a step
 function really ran, across processes that were SIGKILLed.
+
+The ``invariants`` job also writes an *effect log* (``$JETLANE_TEST_EFFECT_LOG``,
+JSON lines): a ``begin`` record when a step function starts (run, step, the
+attempt the engine is running, the ``ctx.uuid()`` value the handler passed in,
+pid, wall time) and an ``end`` record when it returns or raises. ``begin`` is
+written first thing, so an execution SIGKILLed mid-step still leaves its
+evidence; ``tests/chaos/checker.py`` compares the log with the journal.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from jetlane import Context, RetryPolicy, job, step
+import msgspec
+
+from jetlane import Context, EventTimeout, RetryPolicy, job, step
+from jetlane import _history as h
 
 RETRY = RetryPolicy(limit=4, delay=0.1, backoff="constant")
 STEPS = 20
@@ -97,3 +110,134 @@ async def echo(ctx: Context, input: dict[str, Any]) -> Any:
         return input["value"]
 
     return await step.do("echo", work, retries=RETRY)
+
+
+# -- the invariants job: steps that log their effects -------------------------
+
+EFFECT_LOG = "JETLANE_TEST_EFFECT_LOG"
+INV_RETRY = RetryPolicy(limit=4, delay=0.6, backoff="constant")
+
+
+def effect(record: dict[str, Any]) -> None:
+    """Append one JSON line to the effect log (one ``write`` with O_APPEND: lines from
+    several processes never interleave)."""
+    path = os.environ.get(EFFECT_LOG)
+    if not path:
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, msgspec.json.encode(record) + b"\n")
+    finally:
+        os.close(fd)
+
+
+def engine_attempt(ctx: Context) -> int | None:
+    """The attempt the engine is running, from its in-memory view of the journal.
+
+    Not public API: read defensively, so that a refactored engine only costs the
+    checker its attempt-level evidence (it falls back to wall-time checks).
+    """
+    replay = getattr(ctx, "_replay", None)
+    last_outcome = getattr(replay, "_last_outcome", None)
+    current = getattr(replay, "current_step", None)
+    if last_outcome is None or current is None:
+        return None
+    try:
+        last = last_outcome(current)
+    except Exception:
+        return None
+    if last is None:
+        return 1
+    if isinstance(last, h.StepFailed):
+        return last.attempt + 1
+    return None  # executing a step with a recorded result: no attempt makes sense
+
+
+def _begin(ctx: Context, value: str) -> str:
+    run_id, _, step_id = ctx.step_key.partition("/")
+    exec_id = uuid.uuid4().hex
+    effect(
+        {
+            "ev": "begin",
+            "id": exec_id,
+            "run": run_id,
+            "step": step_id,
+            "attempt": engine_attempt(ctx),
+            "value": value,
+            "pid": os.getpid(),
+            "t": time.time(),
+        }
+    )
+    return exec_id
+
+
+def _end(exec_id: str, ok: bool) -> None:
+    effect({"ev": "end", "id": exec_id, "ok": ok, "t": time.time()})
+
+
+def _sync_step(ctx: Context, value: str, delay: float, flaky: bool) -> Callable[[], str]:
+    def work() -> str:
+        exec_id = _begin(ctx, value)
+        ok = False
+        try:
+            if flaky and _first_time(ctx):
+                raise RuntimeError("flaky step fails its first execution")
+            time.sleep(delay)  # blocking on purpose: a sync step
+            ok = True
+            return value
+        finally:
+            _end(exec_id, ok)
+
+    return work
+
+
+def _async_step(
+    ctx: Context, value: str, delay: float, flaky: bool
+) -> Callable[[], Awaitable[str]]:
+    async def work() -> str:
+        exec_id = _begin(ctx, value)
+        ok = False
+        try:
+            if flaky and _first_time(ctx):
+                raise RuntimeError("flaky step fails its first execution")
+            await asyncio.sleep(delay)
+            ok = True
+            return value
+        finally:
+            _end(exec_id, ok)
+
+    return work
+
+
+def inv_budget(input: dict[str, Any]) -> int:
+    """An upper bound on the journal entries of one ``invariants`` run, retries included."""
+    per_step = 1 + (INV_RETRY.limit + 1) + INV_RETRY.limit  # values, outcomes, retry timers
+    return per_step * int(input["steps"]) + 2 + 2 * 3 + 1  # nap, two waits, the end
+
+
+@job("invariants")
+async def invariants(ctx: Context, input: dict[str, Any]) -> dict[str, Any]:
+    """``steps`` steps of ``delay`` s (sync or async, some flaky), a nap, then two waits.
+
+    Before each step the handler takes ``ctx.uuid()`` and passes it in: the step
+    logs it and returns it, so the checker can compare what every execution saw
+    with what the journal recorded. ``go`` must come; ``maybe`` may time out.
+    """
+    sync = set(input.get("sync", []))
+    flaky = set(input.get("flaky", []))
+    delay = float(input["delay"])
+    seen: list[str] = []
+    for i in range(int(input["steps"])):
+        if i == input.get("nap_at"):
+            await step.sleep("nap", float(input["nap"]))
+        value = str(ctx.uuid())
+        make = _sync_step if i in sync else _async_step
+        seen.append(await step.do(f"s{i}", make(ctx, value, delay, i in flaky), retries=INV_RETRY))
+    go = await step.wait_for_event("go", type="go", timeout="10m")
+    try:
+        maybe = await step.wait_for_event(
+            "maybe", type="maybe", timeout=float(input["maybe_timeout"])
+        )
+    except EventTimeout:
+        maybe = None
+    return {"values": seen, "events": {"go": go, "maybe": maybe}}
