@@ -533,6 +533,10 @@ class Runner:
         scheduled: list[asyncio.Future[Any]] = []
         try:
             for effect in outbox:
+                if replay.cancel_pending:
+                    # A cancel came in while appending: what the handler decided after
+                    # the step in flight is not written; the cancel ends the run next.
+                    break
                 if isinstance(effect, Append):
                     if isinstance(effect.body, h.StepFailed) and effect.body.retry_at is not None:
                         self._for_job(replay.job.name)[4].inc()

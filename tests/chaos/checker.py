@@ -210,6 +210,10 @@ def _held(
     after = [
         m for m in _journal(history) if m.seq > start.seq and (end_seq is None or m.seq < end_seq)
     ]
+    if what == "pause":
+        # A pause holds step.do attempts; a sleep or wait the handler had already
+        # decided on (its timer_set written just after the pause) starts no work.
+        after = [m for m in after if isinstance(m.body, OUTCOMES)]
     steps, outcomes = _progress(after)
     tally(CANCEL_PAUSE)
     if len(steps) > 1 or outcomes > 1:
@@ -567,9 +571,8 @@ def _retries(
     fired: Mapping[int, str],
     sent: Sent,
 ) -> list[Violation]:
-    """A retry attempt starts no earlier than ``retry_at``, woken by the server's timer."""
+    """A retry attempt starts no earlier than ``retry_at`` (time decides, not a message)."""
     found = []
-    inputs = [m for m in history if m.direction == "in" and isinstance(m.body, h.Timer)]
     for step, msgs in _outcomes(history).items():
         for failed, following in itertools.pairwise(msgs):
             body = failed.body
@@ -597,52 +600,8 @@ def _retries(
                         f"before the retry was due ({body.retry_at}, {_entry(failed)})",
                     )
                 )
-            # The retry timer's token: from its timer_set, or (a crash between the
-            # failure and its timer_set, then a re-arm) the README's token shape.
-            token = next(
-                (
-                    m.body.timer
-                    for m in history
-                    if isinstance(m.body, h.TimerSet)
-                    and m.body.step == step
-                    and m.body.purpose == "retry"
-                    and m.seq > failed.seq
-                ),
-                None,
-            )
-            woke = next(
-                (
-                    m
-                    for m in inputs
-                    if m.seq < following.seq
-                    and (
-                        m.body.timer == token
-                        if token is not None
-                        else m.body.step == step
-                        and m.body.timer.startswith(f"retry-{body.attempt}-")
-                    )
-                ),
-                None,
-            )
-            tally(TIMERS)
-            if woke is None:
-                found.append(
-                    Violation(
-                        TIMERS,
-                        "retry-without-timer",
-                        run_id,
-                        f"the retry {_entry(following)} ran, but no timer input for "
-                        f"{_entry(failed)} came before it",
-                    )
-                )
-                continue
-            why = _timer_origin(woke.seq, woke.body.timer, run_id, names, fired, sent)
-            if why is not None:
-                evidence = (
-                    f"the retry {_entry(following)} went ahead on its token's first timer "
-                    f"input: {why[1]}"
-                )
-                found.append(Violation(TIMERS, why[0], run_id, evidence))
+            # Whether a timer input woke it does not matter: a timer message only
+            # wakes a run, time decides (README); a forged one cannot end the delay.
     return found
 
 
@@ -732,7 +691,11 @@ def _waits(run_id: str, history: Sequence[h.Message], tally: Tally, sent: Sent) 
         body = msg.body
         if isinstance(body, h.EventReceived | h.WaitTimedOut):
             tally(INPUTS)
-            limit = body.input_seq if isinstance(body, h.WaitTimedOut) else None
+            limit = None
+            if isinstance(body, h.WaitTimedOut):
+                # Decided by the timer input it names, or (input_seq null: by the clock)
+                # at the moment its entry was written.
+                limit = body.input_seq if body.input_seq is not None else msg.seq
             first = next(
                 (
                     e

@@ -362,19 +362,20 @@ def test_a_retry_before_its_time_woken_by_a_forged_timer_is_a_violation() -> Non
     assert check(run, effects) == []
     run, effects = retried(woken_at=0.3, fired=False, begin=0.31)
     found = check(run, effects)
-    assert [v.kind for v in found] == ["retry-early", "timer-not-fired-by-server"]
+    # early is what breaks the promise; the forged timer only woke the run
+    assert [v.kind for v in found] == ["retry-early"]
     assert "before the retry was due" in found[0].evidence
-    assert "published directly on .in" in found[1].evidence
 
 
-def test_a_retry_with_no_timer_at_all_is_a_violation() -> None:
+def test_a_retry_with_no_timer_at_all_is_fine_when_due() -> None:
     run = History()
     run.inp(h.Start("invariants", {}), 0.0)
     run.out(h.StepFailed("s0", 1, h.ErrorInfo("E", "x"), at(0.5)), 0.1)
     run.out(h.StepCompleted("s0", 2, None, at(0.6), 10.0), 0.7)
     run.out(h.RunCompleted(None), 0.8)
     effects = [ex("s0", 0.0, attempt=1), ex("s0", 0.6, attempt=2)]
-    only(check(run, effects), TIMERS, "retry-without-timer", "no timer input")
+    # time decides: a retry that began after retry_at needs no timer message
+    assert [v for v in check(run, effects) if v.invariant == TIMERS] == []
 
 
 # -- I5 inputs -----------------------------------------------------------------------

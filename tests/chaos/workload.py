@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from jetlane import Log
+from jetlane import Client, Log, RunAlreadyExists
 from jetlane import _history as h
 from jetlane._log import FenceLost
 
@@ -200,15 +200,16 @@ class Workload:
                 sent.starts.append(seq)
         else:
             try:
-                ack = await self._retry(
-                    lambda: self.log.publish_input(
-                        run_id, body, create_once=True, msg_id=f"start:{run_id}"
-                    )
-                )
-                refused = "an acknowledgement marked duplicate" if ack.duplicate else None
-                seq = ack.seq
-            except FenceLost as exc:
-                refused, seq = f"RunAlreadyExists (10071 wrong last sequence: {exc})", 0
+                # The create-once procedure of the README (Client.start does it):
+                # fenced on 0, then on the inbox's last sequence if it holds no start.
+                await self._retry(lambda: Client(self.log)._create_once(run_id, body))
+                refused, seq = None, 0
+                history = await self.read(run_id)
+                first = next((m for m in history if isinstance(m.body, h.Start)), None)
+                if first is not None:
+                    seq = first.seq
+            except RunAlreadyExists as exc:
+                refused, seq = f"RunAlreadyExists ({exc})", 0
             except Exception as exc:
                 sent.expect_end = False
                 sent.start_refused = f"never acknowledged: {exc}"
