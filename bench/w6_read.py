@@ -30,9 +30,9 @@ async def run(bench: Bench) -> None:
     decode = bench.figure("W6", "decode_ms", "ms", note="Log.decode of the 1,000 raw messages")
     log = await bench.open_log(names)
     run_id = "history"
-    await log.publish_input(run_id, h.Start(job="bench-steps", input={"n": ENTRIES - 1}))
+    start = await log.publish_input(run_id, h.Start(job="bench-steps", input={"n": ENTRIES - 1}))
     now = datetime.now(UTC).isoformat()
-    seq = 0
+    seq = start.seq  # appends are fenced on the whole run's last sequence
     for i in range(ENTRIES - 1):
         body = h.StepCompleted(
             step=f"s#{i + 1}" if i else "s",
