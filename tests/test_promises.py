@@ -235,6 +235,26 @@ async def test_bug6_a_blocking_step_times_out_and_others_keep_moving(
     release.set()
 
 
+async def test_a_sync_lambda_that_needs_the_loop_fails_clearly_and_coroutines_work(
+    client: Client, start_runner: StartRunner
+) -> None:
+    async def fetch(n: int) -> int:
+        return n
+
+    async def handler(ctx: Context) -> list[Any]:
+        got: list[Any] = [await step.do("coro", lambda: fetch(1))]
+        try:
+            await step.do("gather", lambda: asyncio.gather(), retries=ONCE)
+        except StepFailed as exc:
+            got.append(exc.type)
+            got.append("async def" in exc.message)
+        return got
+
+    await start_runner([define_job(name="loop-bound", handler=handler, register=False)])
+    await client.start("loop-bound", run_id="lb1")
+    assert await client.result("lb1", timeout=10) == [1, "NonRetryableError", True]
+
+
 # -- 7: an input stored before the start ------------------------------------------
 
 

@@ -374,13 +374,19 @@ class Log(StreamSetup):
 
     async def lease_holder(self, run_id: str) -> str | None:
         """Who holds the run's lease now (a runner id), or None."""
+        lease = await self.lease(run_id)
+        return lease[0] if lease is not None else None
+
+    async def lease(self, run_id: str) -> tuple[str, int] | None:
+        """The run's lease now: (holder, sequence), or None."""
         direct = f"$JS.API.DIRECT.GET.{self.names.lease_stream}"
         reply = await self._request(
             direct, msgspec.json.encode({"last_by_subj": self.names.lease(run_id)})
         )
-        if (reply.headers or {}).get("Status") is not None:
+        headers = reply.headers or {}
+        if headers.get("Status") is not None:
             return None
-        return reply.data.decode("utf-8", "replace")
+        return reply.data.decode("utf-8", "replace"), int(headers.get("Nats-Sequence", "0"))
 
     async def release(self, run_id: str, seq: int) -> None:
         # Awaited: the server runs API requests apart from publishes, so an

@@ -59,7 +59,7 @@ from . import _history as h
 from ._context import Plugins
 from ._definition import Job, registry
 from ._durations import format_time
-from ._errors import DecodeError, InputError, JetlaneError
+from ._errors import DecodeError, InputError, JetlaneError, NonRetryableError
 from ._index import record
 from ._log import FenceLost, Log
 from ._metrics import RunnerMetrics
@@ -121,6 +121,7 @@ class _Session:
     lease_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     redeliver_in: float | None = None  # parked early on a fired timer: come back then
     waiting: bool = False  # woken from the waiting marks: clear the mark when it moves
+    lease_unsure: bool = False  # a renewal got no answer: it may have been stored
     retries: int = 0  # a session with no delivery re-wakes itself this many times
 
 
@@ -332,6 +333,12 @@ class Runner:
                 return
             lease, session.lease = session.lease, None
             try:
+                if session.lease_unsure:
+                    # A renewal whose ack was lost may be stored after our last known
+                    # sequence: release the newest lease if it is still ours.
+                    now = await self.log.lease(session.run_id)
+                    if now is not None and now[0] == self.id:
+                        lease = max(lease, now[1])
                 await self.log.release(session.run_id, lease)
             except Exception as exc:  # it expires after the TTL anyway
                 log.info("lease release failed", run_id=session.run_id, error=str(exc))
@@ -652,7 +659,16 @@ class Runner:
         ):
             return await fn()
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(self._threads, contextvars.copy_context().run, fn)
+        try:
+            result = await loop.run_in_executor(self._threads, contextvars.copy_context().run, fn)
+        except RuntimeError as exc:
+            if "event loop" not in str(exc):
+                raise
+            raise NonRetryableError(
+                f"a step function that is not an async def runs in a worker thread, where "
+                f"there is no event loop ({exc}); put asyncio.gather/ensure_future/create_task "
+                "inside an async def and pass that to step.do"
+            ) from exc
         if inspect.isawaitable(result):
             result = await result
         return result
@@ -760,7 +776,10 @@ class Runner:
                         continue  # released (or never taken)
                     try:
                         session.lease = await self.log.renew(session.run_id, self.id, session.lease)
+                    except FenceLost as exc:  # expired and taken: the fence protects us
+                        log.warning("lease lost", run_id=session.run_id, error=str(exc))
                     except Exception as exc:
+                        session.lease_unsure = True
                         log.warning("lease renewal failed", run_id=session.run_id, error=str(exc))
 
     async def _serve_validation(self) -> list[Any]:
