@@ -25,6 +25,7 @@ from jetlane._definition import Job, define_job
 from jetlane._replay import (
     Append,
     Blocked,
+    Checkpoint,
     Decision,
     Execute,
     Finished,
@@ -170,6 +171,8 @@ class Driver:
             self.decisions.append(decision)
             self.flush()
             reply = None
+            if isinstance(decision, Checkpoint):
+                continue  # the outcome is flushed: go on
             if isinstance(decision, Execute):
                 executes += 1
                 reply = await self.execute(decision)

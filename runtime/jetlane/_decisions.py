@@ -69,7 +69,18 @@ class Blocked:
     error: h.ErrorInfo
 
 
-Decision = Execute | Park | Finished | Blocked
+@dataclass(frozen=True)
+class Checkpoint:
+    """A step's outcome is in the outbox: write it, then reply (``None``) to go on.
+
+    The handler waits here until the driver has appended the outcome, so a
+    cancel or pause that the fenced append brings in is known before the
+    handler decides anything after the step (take an event, arm a sleep, start
+    the next step). A paused driver parks the run here instead of replying.
+    """
+
+
+Decision = Execute | Checkpoint | Park | Finished | Blocked
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ import structlog
 from . import _history as h
 from ._decisions import Append as Append
 from ._decisions import Blocked as Blocked
+from ._decisions import Checkpoint as Checkpoint
 from ._decisions import Decision as Decision
 from ._decisions import Effect as Effect
 from ._decisions import Execute as Execute
@@ -514,6 +515,7 @@ class Replay:
             self._record_values()
             outcome: Outcome = await self._request(Execute(step, attempt, fn, timeout))
             self._record(step, attempt, outcome, policy)
+            await self._request(Checkpoint())
 
     def _last_outcome(self, step: str) -> Any:
         record = self._steps.get(step)

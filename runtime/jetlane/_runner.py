@@ -68,6 +68,7 @@ from ._replay import (
     DEFAULT_MAX_PAYLOAD,
     Append,
     Blocked,
+    Checkpoint,
     Decision,
     Execute,
     Finished,
@@ -511,6 +512,17 @@ class Runner:
                 self.metrics.replay_seconds.observe(time.perf_counter() - replaying)
                 replaying = None
             appended = await self._flush(replay)
+            reply = None
+            if isinstance(decision, Checkpoint):
+                # The step's outcome is written; a cancel or pause it brought in is
+                # acted on before the handler goes on past the step.
+                if replay.cancel_pending:
+                    decision = await replay.next(None)
+                    await self._flush(replay)
+                    return decision
+                if replay.paused:
+                    return Park(replay.current_step or "")  # resume goes on from here
+                continue
             if not isinstance(decision, Execute):
                 return decision
             if not appended:
