@@ -21,7 +21,7 @@ from typing import TypeVar
 from nats.js.api import PubAck
 
 from jetlane import Client, ConnectOptions, Log, Names
-from jetlane import _history as h
+from jetlane import wire as h
 from jetlane._index import record
 from jetlane._status import RunStatus
 from jetlane.embedded import EmbeddedNats

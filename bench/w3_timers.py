@@ -6,7 +6,7 @@ import asyncio
 from datetime import datetime
 
 from jetlane import Client, Log, Names
-from jetlane import _history as h
+from jetlane import wire as h
 
 from ._harness import Bench, Watcher, runner
 from ._stats import Figure, Goal, percentile

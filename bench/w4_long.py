@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from jetlane import Client
-from jetlane import _history as h
+from jetlane import wire as h
 
 from ._harness import Bench, Watcher, runner
 from ._stats import Goal

@@ -6,7 +6,7 @@ import statistics
 import time
 from datetime import UTC, datetime
 
-from jetlane import _history as h
+from jetlane import wire as h
 
 from ._harness import Bench
 from ._stats import Goal

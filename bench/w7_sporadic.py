@@ -14,7 +14,7 @@ import asyncio
 import random
 
 from jetlane import Client
-from jetlane import _history as h
+from jetlane import wire as h
 
 from ._harness import Bench, runner
 from ._stats import Goal, percentile

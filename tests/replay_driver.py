@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from jetlane import _history as h
+from jetlane import wire as h
 from jetlane._definition import Job, define_job
 from jetlane._replay import (
     Append,

@@ -40,7 +40,7 @@ from jetlane import (
     define_job,
     step,
 )
-from jetlane import _history as h
+from jetlane import wire as h
 
 from .chaos.harness import ChaosRunner
 from .conftest import StartRunner, eventually

@@ -26,7 +26,7 @@ from jetlane import (
     RunStatus,
     registry,
 )
-from jetlane import _history as h
+from jetlane import wire as h
 from jetlane.embedded import EmbeddedNats, free_port
 
 from .chaos import jobs as chaos_jobs

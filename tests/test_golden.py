@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 
 from jetlane import Context, RetryPolicy, step
-from jetlane import _history as h
+from jetlane import wire as h
 from jetlane._replay import Append, Finished, Park, Replay
 from jetlane._status import summarize
 

@@ -7,7 +7,7 @@ import pytest
 from nats.js.api import StreamConfig
 
 from jetlane import ConnectOptions, JetlaneError, Log, Names, StreamMismatch
-from jetlane import _history as h
+from jetlane import wire as h
 from jetlane._log import BATCH, FenceLost
 from jetlane.embedded import EmbeddedNats
 

@@ -16,7 +16,7 @@ from jetlane import (
     define_job,
     step,
 )
-from jetlane import _history as h
+from jetlane import wire as h
 
 from .conftest import StartRunner
 

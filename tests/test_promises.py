@@ -27,7 +27,7 @@ from jetlane import (
     define_job,
     step,
 )
-from jetlane import _history as h
+from jetlane import wire as h
 from jetlane._durations import parse_time
 from jetlane.embedded import EmbeddedNats
 

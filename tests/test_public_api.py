@@ -39,6 +39,7 @@ PUBLIC = {
     "job",
     "registry",
     "step",
+    "wire",
 }
 
 
@@ -73,3 +74,18 @@ def test_the_error_tree() -> None:
     assert issubclass(jetlane.EventTimeout, TimeoutError)
     # raised by user code, so deliberately outside jetlane's tree
     assert not issubclass(jetlane.NonRetryableError, jetlane.JetlaneError)
+
+
+def test_errors_are_named_by_their_public_path() -> None:
+    assert str(jetlane.StepFailed) == "<class 'jetlane.StepFailed'>"
+    assert issubclass(jetlane.StepTimeout, jetlane.JetlaneError)
+    assert issubclass(jetlane.StepTimeout, TimeoutError)
+
+
+def test_the_wire_types_are_public() -> None:
+    from jetlane import wire
+
+    assert set(wire.__all__) >= {"Message", "ErrorInfo", "Start", "StepFailed", "decode"}
+    assert all(not name.startswith("_") for name in wire.__all__)
+    status_error = jetlane.RunStatus.__annotations__["error"]
+    assert "ErrorInfo" in str(status_error)

@@ -20,7 +20,7 @@ import msgspec
 import pytest
 
 from jetlane import Client, Names, registry
-from jetlane import _history as h
+from jetlane import wire as h
 from jetlane.embedded import EmbeddedNats
 
 from .conftest import StartRunner

@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from jetlane import Context, NonRetryableError, RetryPolicy, StepFailed, step
-from jetlane import _history as h
+from jetlane import wire as h
 from jetlane._durations import format_time
 from jetlane._replay import Blocked, Finished, Park, Replay, timer_token
 

@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from jetlane import Context, EventTimeout, step
-from jetlane import _history as h
+from jetlane import wire as h
 from jetlane._durations import format_time
 from jetlane._replay import Execute, Finished, Park, timer_token
 

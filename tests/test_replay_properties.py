@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jetlane import Context, EventTimeout, NonRetryableError, RetryPolicy, StepFailed, step
-from jetlane import _history as h
+from jetlane import wire as h
 from jetlane._replay import Blocked, Finished, Park
 
 from .replay_driver import Driver, job_of, replay_fresh

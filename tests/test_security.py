@@ -40,7 +40,7 @@ from jetlane import (
     define_job,
     step,
 )
-from jetlane import _history as h
+from jetlane import wire as h
 from jetlane._connection import connect_nats
 from jetlane._durations import format_time
 from jetlane.embedded import EmbeddedNats

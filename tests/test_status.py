@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from jetlane import _history as h
+from jetlane import wire as h
 from jetlane._status import RunStatus, Status, summarize
 
 ERR = h.ErrorInfo("RuntimeError", "boom")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from . import wire as wire
 from ._client import Client as Client
 from ._client import RunHandle as RunHandle
 from ._client import connect as connect
@@ -28,12 +29,12 @@ from ._errors import RunFailedError as RunFailedError
 from ._errors import RunNotFound as RunNotFound
 from ._errors import StepError as StepError
 from ._errors import StepFailed as StepFailed
+from ._errors import StepTimeout as StepTimeout
 from ._errors import StreamMismatch as StreamMismatch
 from ._log import Log as Log
 from ._names import Names as Names
 from ._runner import Runner as Runner
 from ._runner import RunnerConfig as RunnerConfig
-from ._runner import StepTimeout as StepTimeout
 from ._status import RunStatus as RunStatus
 from ._steps import step as step
 
@@ -72,4 +73,13 @@ __all__ = [
     "job",
     "registry",
     "step",
+    "wire",
 ]
+
+# Tracebacks and reprs name an error by its public path (jetlane.StepFailed), not
+# the private module it lives in. Errors only: msgspec and typing resolve other
+# classes' string annotations through their module, which must stay the real one.
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type) and issubclass(_obj, BaseException):
+        _obj.__module__ = __name__

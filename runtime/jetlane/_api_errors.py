@@ -26,7 +26,7 @@ from ._errors import (
     RunNotFound,
 )
 
-log = structlog.get_logger("jetlane.api")
+logger = structlog.get_logger("jetlane.api")
 
 _encoder = msgspec.json.Encoder()
 _AT = re.compile(r" - at `\$\.?([A-Za-z0-9_]*)")
@@ -101,9 +101,9 @@ def error_response(exc: Exception, request: Request) -> Response:
     if known is not None:
         return error_json(known.status, known.type, known.message, known.field)
     if _unavailable(exc):
-        log.warning("nats unavailable", path=request.url.path, error=repr(exc))
+        logger.warning("nats unavailable", path=request.url.path, error=repr(exc))
         return error_json(503, "Unavailable", "the message log is unavailable; retry later")
-    log.exception("unhandled error", method=request.method, path=request.url.path)
+    logger.exception("unhandled error", method=request.method, path=request.url.path)
     return error_json(500, "InternalError", "internal error (logged by the server)")
 
 

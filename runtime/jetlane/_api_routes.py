@@ -26,7 +26,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from . import _history as h
-from ._api_errors import ApiError, json_response, log
+from ._api_errors import ApiError, json_response, logger
 from ._api_schema import (
     CancelAccepted,
     CancelRequest,
@@ -232,7 +232,7 @@ async def _sse(
                 return
             except Exception:
                 # Headers are sent: the status cannot change, so end with an error event.
-                log.exception("history stream failed", run_id=first.run_id)
+                logger.exception("history stream failed", run_id=first.run_id)
                 yield (
                     b'event: error\ndata: {"error": {"type": "Unavailable", '
                     b'"message": "the stream broke; reconnect with Last-Event-ID"}}\n\n'

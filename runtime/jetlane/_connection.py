@@ -156,9 +156,5 @@ async def connect_nats(options: ConnectOptions, errors: _Errors | None = None) -
     return nc
 
 
-async def _quiet(exc: Exception) -> None:
-    return None
-
-
 async def _quiet_cb() -> None:
     return None

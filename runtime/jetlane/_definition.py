@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import typing
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
@@ -72,7 +72,6 @@ class Job:
     timeout: float = DEFAULT_FUNCTION_TIMEOUT
     input_type: Any = Any
     takes_input: bool = True
-    _output_type: Any = field(default=Any, repr=False)
 
     def convert_input(self, raw: Any) -> Any:
         """``raw`` (JSON-shaped) as the handler's input type, or an ``InputError``."""
@@ -115,7 +114,6 @@ def define_job(
         else to_seconds(timeout, what="job timeout"),
         input_type=input_type,
         takes_input=len(params) == 2,
-        _output_type=hints.get("return", Any),
     )
     if register:
         existing = _registry.get(name)

@@ -12,6 +12,7 @@ The tree, split by what the caller does next::
     ├── ConnectError                  the NATS server cannot be reached
     ├── StreamMismatch                the stream exists with settings jetlane cannot use
     ├── NonDeterminismError           the code issues other atoms than the history records
+    ├── StepTimeout                   a step attempt ran past its timeout (recorded, retried)
     ├── RunFailedError                result() of a run that failed or was cancelled
     └── StepError                     raised *inside* a handler
         ├── StepFailed                a step.do whose attempts are exhausted
@@ -77,6 +78,10 @@ class StreamMismatch(JetlaneError):
 
 class NonDeterminismError(JetlaneError):
     """The handler issued other atoms than the run's history records."""
+
+
+class StepTimeout(JetlaneError, TimeoutError):
+    """A step attempt ran past its ``timeout``: recorded as a failed attempt and retried."""
 
 
 class RunFailedError(JetlaneError):

@@ -27,7 +27,7 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-log = structlog.get_logger("jetlane.runner")
+logger = structlog.get_logger("jetlane.runner")
 
 # How long one pull request lingers on the server. Short, so that slots freed
 # while it is open are asked for soon; each renewal is one small message.
@@ -94,9 +94,9 @@ class Puller:
             self._lost = 0
             try:
                 await self.recreate()
-                log.info("runner consumer re-created")
+                logger.info("runner consumer re-created")
             except Exception as exc:  # the server may still be down: try later
-                log.warning("runner consumer could not be re-created", error=str(exc))
+                logger.warning("runner consumer could not be re-created", error=str(exc))
 
     async def _on(self, msg: Msg) -> None:
         headers = msg.headers or {}

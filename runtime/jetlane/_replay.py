@@ -107,7 +107,6 @@ class Replay:
         self.out_seq = 0
         self.inputs = 0  # input messages ingested so far
         self.start: h.Start | None = None
-        self.start_seq = 0
         self.terminal: h.RunCompleted | h.RunFailed | h.RunCancelled | None = None
         self.last_entry: Any = None
         self.current_step: str | None = None
@@ -150,7 +149,7 @@ class Replay:
             body = msg.body
             if isinstance(body, h.Start):
                 if self.start is None:
-                    self.start, self.start_seq = body, msg.seq
+                    self.start = body
             elif isinstance(body, h.Event):
                 self._events.append((msg.seq, body))
                 self._event_at[msg.seq] = body

@@ -59,7 +59,7 @@ from . import _history as h
 from ._context import Plugins
 from ._definition import Job, registry
 from ._durations import format_time
-from ._errors import DecodeError, InputError, JetlaneError, NonRetryableError
+from ._errors import DecodeError, InputError, JetlaneError, NonRetryableError, StepTimeout
 from ._index import record
 from ._log import FenceLost, Log
 from ._metrics import RunnerMetrics
@@ -80,7 +80,7 @@ from ._replay import (
 )
 from ._status import RunStatus, summarize, update
 
-log = structlog.get_logger("jetlane.runner")
+logger = structlog.get_logger("jetlane.runner")
 
 
 @dataclass(frozen=True)
@@ -105,10 +105,6 @@ MAX_CLOCK_SKEW = 5.0
 
 class _Handback(Exception):
     """Draining: give the run back to the pool instead of starting another step."""
-
-
-class StepTimeout(TimeoutError):
-    """A step attempt ran past its ``timeout``."""
 
 
 @dataclass
@@ -184,7 +180,7 @@ class Runner:
         heartbeat = asyncio.create_task(self._heartbeat())
         self.ready.set()
         waker = asyncio.create_task(self._wake_waiting())
-        log.info("runner started", runner=self.id, jobs=sorted(self.jobs))
+        logger.info("runner started", runner=self.id, jobs=sorted(self.jobs))
         try:
             while not self._stopping.is_set():
                 free = config.concurrency - len(self._tasks)
@@ -195,7 +191,7 @@ class Runner:
                 try:
                     await puller.pull(min(free, 256))
                 except Exception as exc:  # a reconnect in progress: the next pull retries
-                    log.warning("pull failed", error=str(exc))
+                    logger.warning("pull failed", error=str(exc))
                     await asyncio.sleep(0.25)
         finally:
             self.ready.clear()
@@ -213,12 +209,12 @@ class Runner:
                 replay.close()
             self._cache.clear()
             self._threads.shutdown(wait=False, cancel_futures=True)
-            log.info("runner stopped", runner=self.id)
+            logger.info("runner stopped", runner=self.id)
 
     async def _drain(self) -> None:
         if not self._tasks:
             return
-        log.info("draining", sessions=len(self._tasks), timeout=self.config.drain_timeout)
+        logger.info("draining", sessions=len(self._tasks), timeout=self.config.drain_timeout)
         tasks = list(self._tasks.values())
         _, pending = await asyncio.wait(tasks, timeout=self.config.drain_timeout)
         for task in pending:
@@ -261,13 +257,13 @@ class Runner:
         self._tasks[run_id] = asyncio.create_task(self._session(session))
 
     async def _dead_letter(self, msg: Msg, run_id: str, seq: int, reason: str) -> None:
-        log.warning("dead-lettered input", run_id=run_id, seq=seq, reason=reason)
+        logger.warning("dead-lettered input", run_id=run_id, seq=seq, reason=reason)
         self.stats["dead_lettered"] += 1
         self.metrics.dead_letters.inc()
         try:
             await self.log.dead_letter(run_id, seq, msg.subject, reason, msg.data)
         except Exception as exc:
-            log.error("dead-letter write failed; will retry", seq=seq, error=str(exc))
+            logger.error("dead-letter write failed; will retry", seq=seq, error=str(exc))
             await msg.nak(delay=1.0)
             return
         await msg.term()
@@ -281,13 +277,13 @@ class Runner:
         except FenceLost:
             self.stats["fence_lost"] += 1
             self.metrics.fence_conflicts.inc()
-            log.info("fence lost; another runner advanced the run", run_id=run_id)
+            logger.info("fence lost; another runner advanced the run", run_id=run_id)
         except (asyncio.CancelledError, _Handback):
             outcome = "handback"
         except (TimeoutError, JetlaneError, OSError, nats.errors.Error) as exc:
-            log.warning("advance failed; will retry", run_id=run_id, error=str(exc))
+            logger.warning("advance failed; will retry", run_id=run_id, error=str(exc))
         except Exception:
-            log.exception("advance crashed; will retry", run_id=run_id)
+            logger.exception("advance crashed; will retry", run_id=run_id)
         finally:
             summary = self._summaries.get(run_id)
             if summary is not None and self.config.index:
@@ -295,7 +291,7 @@ class Runner:
                 try:
                     await self.log.put_index(run_id, record(summary))
                 except Exception as exc:
-                    log.info("run index write failed", run_id=run_id, error=str(exc))
+                    logger.info("run index write failed", run_id=run_id, error=str(exc))
             if run_id not in self._cache:
                 self._evict(run_id)  # only a parked run stays cached
             await self._release(session)
@@ -342,7 +338,7 @@ class Runner:
                         lease = max(lease, now[1])
                 await self.log.release(session.run_id, lease)
             except Exception as exc:  # it expires after the TTL anyway
-                log.info("lease release failed", run_id=session.run_id, error=str(exc))
+                logger.info("lease release failed", run_id=session.run_id, error=str(exc))
 
     async def _settle(self, session: _Session, outcome: str) -> None:
         for msg in session.deliveries:
@@ -377,7 +373,7 @@ class Runner:
             if start is None:
                 # An input stored before its run's start (anyone may publish on .in):
                 # it stays in the log, and the run's first session reads it.
-                log.info("input for a run not started yet; kept for its start", run_id=run_id)
+                logger.info("input for a run not started yet; kept for its start", run_id=run_id)
                 return "done"
             job = self.jobs.get(start.job)
             if job is None:
@@ -402,7 +398,7 @@ class Runner:
             decision = await self._drive(replay, session, replaying)
             replaying = None
             if isinstance(decision, Blocked):
-                log.warning(
+                logger.warning(
                     "run blocked", run_id=run_id, step=decision.step, error=decision.error.message
                 )
                 replay.close()
@@ -442,7 +438,7 @@ class Runner:
             if queued is not None and queued.status == "queued":
                 queued.detail = None
                 await self.log.put_index(run_id, record(queued))
-        log.info(
+        logger.info(
             "no such job on this runner; the run waits for a runner that serves it",
             run_id=run_id,
             job=job,
@@ -455,7 +451,7 @@ class Runner:
             try:
                 await self.log.clear_waiting(session.run_id)
             except Exception as exc:  # a stale mark only costs a look at the next scan
-                log.info("waiting mark not cleared", run_id=session.run_id, error=str(exc))
+                logger.info("waiting mark not cleared", run_id=session.run_id, error=str(exc))
 
     async def _covers_deliveries(self, replay: Replay, session: _Session) -> bool:
         """Whether what we read includes every delivered input (a lagging replica may
@@ -641,7 +637,7 @@ class Runner:
         (completed_c if error is None else failed_c).inc()
         seconds_h.observe(duration / 1000)
         if error is not None:
-            log.info(
+            logger.info(
                 "step attempt failed",
                 run_id=replay.run_id,
                 job=replay.job.name,
@@ -760,9 +756,9 @@ class Runner:
                         self._wake(run_id, waiting=True)
                         count += 1
                 if count:
-                    log.info("woke waiting runs", runs=count)
+                    logger.info("woke waiting runs", runs=count)
             except Exception as exc:
-                log.warning("scan of waiting runs failed", error=str(exc))
+                logger.warning("scan of waiting runs failed", error=str(exc))
             await asyncio.sleep(self.config.wake_interval)
 
     # -- liveness -------------------------------------------------------------
@@ -789,10 +785,12 @@ class Runner:
                     try:
                         session.lease = await self.log.renew(session.run_id, self.id, session.lease)
                     except FenceLost as exc:  # expired and taken: the fence protects us
-                        log.warning("lease lost", run_id=session.run_id, error=str(exc))
+                        logger.warning("lease lost", run_id=session.run_id, error=str(exc))
                     except Exception as exc:
                         session.lease_unsure = True
-                        log.warning("lease renewal failed", run_id=session.run_id, error=str(exc))
+                        logger.warning(
+                            "lease renewal failed", run_id=session.run_id, error=str(exc)
+                        )
 
     async def _serve_validation(self) -> list[Any]:
         subs = []

@@ -45,7 +45,7 @@ from typing import Any
 import msgspec
 
 from jetlane import Names
-from jetlane import _history as h
+from jetlane import wire as h
 
 SLACK = 0.002  # seconds: stream times are cut to milliseconds
 TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")

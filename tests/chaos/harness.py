@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from jetlane import _history as h
+from jetlane import wire as h
 
 from ..processes import RunnerProcess
 

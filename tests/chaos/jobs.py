@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 
 from jetlane import Context, EventTimeout, RetryPolicy, job, step
-from jetlane import _history as h
+from jetlane import wire as h
 
 RETRY = RetryPolicy(limit=4, delay=0.1, backoff="constant")
 STEPS = 20

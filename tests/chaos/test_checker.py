@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from jetlane import Names
-from jetlane import _history as h
+from jetlane import wire as h
 from jetlane._durations import format_time
 
 from .checker import (

@@ -27,7 +27,7 @@ import msgspec
 import pytest
 
 from jetlane import ConnectOptions, Log, Names
-from jetlane import _history as h
+from jetlane import wire as h
 from jetlane.embedded import EmbeddedNats
 
 from .checker import (

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from jetlane import Client, Log, RunAlreadyExists
-from jetlane import _history as h
+from jetlane import wire as h
 from jetlane._log import FenceLost
 
 from .checker import Sent
