@@ -11,6 +11,7 @@ The tree, split by what the caller does next::
     ├── RunNotFound                   an event, cancel or read for a run that does not exist
     ├── ConnectError                  the NATS server cannot be reached
     ├── StreamMismatch                the stream exists with settings jetlane cannot use
+    ├── FenceLost                     another writer appended to the run's log first
     ├── NonDeterminismError           the code issues other atoms than the history records
     ├── StepTimeout                   a step attempt ran past its timeout (recorded, retried)
     ├── RunFailedError                result() of a run that failed or was cancelled
@@ -70,6 +71,10 @@ class RunNotFound(JetlaneError, LookupError):
 
 class ConnectError(JetlaneError, ConnectionError):
     """The NATS server cannot be reached or refused the connection."""
+
+
+class FenceLost(JetlaneError):
+    """Another writer appended to the run's log first (the fence refused ours)."""
 
 
 class StreamMismatch(JetlaneError):

@@ -41,16 +41,13 @@ from . import _history as h
 from ._connection import ConnectOptions, _Connection, _Errors, connect_nats
 from ._durations import format_time
 from ._errors import DecodeError, JetlaneError
+from ._errors import FenceLost as FenceLost
 from ._names import Names
 from ._scan import Value, last_values, subjects
 from ._streams import StreamSetup
 
 BATCH: Final = 1000
 WRONG_LAST_SEQUENCE: Final = 10071
-
-
-class FenceLost(JetlaneError):
-    """Another runner appended to the run's journal first."""
 
 
 class NoStream(JetlaneError):

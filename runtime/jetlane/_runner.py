@@ -40,7 +40,6 @@ import contextlib
 import contextvars
 import inspect
 import os
-import re
 import socket
 import time
 from collections import OrderedDict
@@ -58,25 +57,28 @@ from nats.aio.msg import Msg
 from . import _history as h
 from ._context import Plugins
 from ._definition import Job, registry
+from ._drive import Driver, Handback
 from ._durations import format_time
-from ._errors import DecodeError, InputError, JetlaneError, NonRetryableError, StepTimeout
+from ._errors import (
+    DecodeError,
+    FenceLost,
+    InputError,
+    JetlaneError,
+    NonRetryableError,
+    StepTimeout,
+)
 from ._index import record
-from ._log import FenceLost, Log
+from ._log import Log
 from ._metrics import RunnerMetrics
 from ._pull import Puller
 from ._replay import (
     DEFAULT_MAX_PAYLOAD,
-    Append,
     Blocked,
-    Checkpoint,
-    Decision,
     Execute,
     Finished,
     Outcome,
     Park,
     Replay,
-    Schedule,
-    Unschedule,
 )
 from ._status import RunStatus, summarize, update
 
@@ -101,10 +103,6 @@ class RunnerConfig:
 
 # A fired timer this far ahead of our clock is taken as our clock lagging the server's.
 MAX_CLOCK_SKEW = 5.0
-
-
-class _Handback(Exception):
-    """Draining: give the run back to the pool instead of starting another step."""
 
 
 @dataclass
@@ -155,6 +153,13 @@ class Runner:
         self._pool_size = max(self.config.concurrency, 4)
         self._threads = self._new_pool()
         self._stuck = 0  # threads still running a step whose attempt timed out
+        self._driver = Driver(
+            log_,
+            self._execute,
+            on_message=self._summarize,
+            on_append=self._appended,
+            stopping=self._stopping.is_set,
+        )
         self.ready = asyncio.Event()
         self.stats = {"steps": 0, "sessions": 0, "fence_lost": 0, "dead_lettered": 0}
 
@@ -278,7 +283,7 @@ class Runner:
             self.stats["fence_lost"] += 1
             self.metrics.fence_conflicts.inc()
             logger.info("fence lost; another runner advanced the run", run_id=run_id)
-        except (asyncio.CancelledError, _Handback):
+        except (asyncio.CancelledError, Handback):
             outcome = "handback"
         except (TimeoutError, JetlaneError, OSError, nats.errors.Error) as exc:
             logger.warning("advance failed; will retry", run_id=run_id, error=str(exc))
@@ -393,10 +398,20 @@ class Runner:
         if not await self._covers_deliveries(replay, session):
             replay.close()
             return "retry"
+
+        def measured() -> None:
+            if replaying is not None:
+                self.metrics.replay_seconds.observe(time.perf_counter() - replaying)
+
+        seen = len(session.deliveries)
+
+        def more() -> bool:
+            nonlocal seen
+            grew, seen = len(session.deliveries) > seen, len(session.deliveries)
+            return grew
+
         while True:
-            inputs = replay.inputs
-            decision = await self._drive(replay, session, replaying)
-            replaying = None
+            decision = await self._driver.settle(replay, more=more, first_decision=measured)
             if isinstance(decision, Blocked):
                 logger.warning(
                     "run blocked", run_id=run_id, step=decision.step, error=decision.error.message
@@ -417,15 +432,7 @@ class Runner:
                 self.metrics.runs_ended.labels(replay.job.name, status).inc()
                 await self._moved_on(session)
                 return "done"
-            # Park: read the log to its end first; an input may have come meanwhile.
-            assert isinstance(decision, Park)
-            seen = len(session.deliveries)
-            if (
-                replay.inputs > inputs  # taken in while appending, after the decision
-                or await self._ingest_tail(replay)
-                or len(session.deliveries) > seen
-            ):
-                continue
+            assert isinstance(decision, Park)  # with the log read to its end
             session.handled = seen
             await self._arm(replay, decision, session)
             self._remember(replay)
@@ -461,7 +468,7 @@ class Runner:
             if newest <= replay.last_seq:
                 return True
             await asyncio.sleep(0.05)
-            await self._ingest_tail(replay, journal=True)
+            await self._driver.ingest_tail(replay, journal=True)
         return False
 
     async def _catch_up(self, replay: Replay) -> Replay | None:
@@ -470,138 +477,19 @@ class Runner:
             replay.close()
             return None
         for msg in tail:
-            self._ingest(replay, msg)
+            self._driver.ingest(replay, msg)
         return replay
 
-    async def _ingest_tail(self, replay: Replay, *, journal: bool = False) -> bool:
-        """Read inputs that came while we held the run; True when there were any.
-
-        Only the inbox by default: the journal is ours while we hold the lease
-        (the fence catches anyone else at our next append).
-        """
-        if journal:
-            tail = await self.log.read(replay.run_id, replay.last_seq)
-            if any(m.direction == "out" and m.seq > replay.out_seq for m in tail):
-                raise FenceLost("another runner wrote the journal")
-        else:
-            tail = await self.log.read_inputs(replay.run_id, replay.last_seq)
-        for msg in tail:
-            self._ingest(replay, msg)
-        return bool(tail)
-
-    def _ingest(self, replay: Replay, msg: h.Message) -> None:
-        if msg.direction == "out" and msg.seq <= replay.out_seq:
-            return  # our own append, already applied
-        replay.ingest(msg)
+    def _summarize(self, replay: Replay, msg: h.Message) -> None:
         summary = self._summaries.get(replay.run_id)
         if summary is not None:
             update(summary, msg)
 
-    async def _drive(
-        self, replay: Replay, session: _Session, replaying: float | None = None
-    ) -> Decision:
-        reply: Any = None
-        while True:
-            decision = await replay.next(reply)
-            if replaying is not None:
-                # A full replay ends at the first decision: the frontier.
-                self.metrics.replay_seconds.observe(time.perf_counter() - replaying)
-                replaying = None
-            appended = await self._flush(replay)
-            reply = None
-            if isinstance(decision, Checkpoint):
-                # The step's outcome is written; a cancel or pause it brought in is
-                # acted on before the handler goes on past the step.
-                if replay.cancel_pending:
-                    decision = await replay.next(None)
-                    await self._flush(replay)
-                    return decision
-                if replay.paused:
-                    return Park(replay.current_step or "")  # resume goes on from here
-                continue
-            if not isinstance(decision, Execute):
-                return decision
-            if not appended:
-                # No fenced append since the handler ran (a retry that became due, a
-                # held step on resume, a replay): read the inbox, so that a cancel or
-                # pause stored meanwhile is seen before the step starts.
-                await self._ingest_tail(replay)
-            # Whatever came in up to the last append (or read) is ingested by now:
-            # a cancel or pause stored before it stops this step from starting.
-            if replay.cancel_pending:
-                decision = await replay.next(None)
-                await self._flush(replay)
-                return decision
-            if replay.paused:
-                return replay.hold(decision)
-            if self._stopping.is_set():
-                # Draining: finish the step in flight, start no new one; another runner
-                # continues from the log.
-                raise _Handback
-            reply = await self._execute(replay, decision)
-
-    async def _flush(self, replay: Replay) -> bool:
-        """Write the outbox; True when it appended anything (so the fence proved that
-        every input stored before the last append has been taken in)."""
-        outbox, replay.outbox = replay.outbox, []
-        run_id = replay.run_id
-        scheduled: list[asyncio.Future[Any]] = []
-        try:
-            for effect in outbox:
-                if replay.cancel_pending:
-                    # A cancel came in while appending: what the handler decided after
-                    # the step in flight is not written; the cancel ends the run next.
-                    break
-                if isinstance(effect, Append):
-                    if isinstance(effect.body, h.StepFailed) and effect.body.retry_at is not None:
-                        self._for_job(replay.job.name)[4].inc()
-                    # A cancel taken in while appending wins over an ending not yet written.
-                    await self._append(replay, replay.cancel_wins(effect.body))
-                    summary = self._summaries.get(run_id)
-                    if summary is not None:
-                        # No timestamp per step: the session stamps updated_at at its end.
-                        update(summary, h.Message(replay.out_seq, run_id, "out", "", effect.body))
-                elif isinstance(effect, Schedule):
-                    # Pipelined with the timer_set append that follows; its ack is
-                    # checked before the flush ends, so before the run parks (and a
-                    # schedule lost anyway is re-armed by whoever finds the run parked).
-                    scheduled.append(
-                        await self.log.send_schedule(
-                            run_id, effect.token, effect.fire_at, effect.body
-                        )
-                    )
-                elif isinstance(effect, Unschedule):
-                    await self.log.unschedule(run_id, effect.token)
-        except BaseException:
-            for sent in scheduled:
-                sent.cancel()  # the session is failing anyway; do not mask why
-            raise
-        for sent in scheduled:
-            await self.log.confirm(sent)
-        return any(isinstance(effect, Append) for effect in outbox)
-
-    async def _append(self, replay: Replay, body: h.Journal) -> None:
-        """Append, fenced on the whole run; new inputs are read in and the append retried."""
-        empty = 0
-        for _ in range(100):
-            try:
-                seq = await self.log.append(replay.run_id, body, replay.last_seq)
-            except FenceLost as lost:
-                # Something landed after what we read: a new input (take it in and
-                # go on), or another runner's entry (_ingest_tail raises FenceLost).
-                if await self._ingest_tail(replay, journal=True):
-                    empty = 0
-                    continue
-                empty += 1
-                found = re.search(r"wrong last sequence: (\d+)", str(lost))
-                if empty >= 3 and found:
-                    # Reads keep finding nothing new: the message is on another
-                    # subject under the run (not an input, not an entry). Step over it.
-                    replay.last_seq = max(replay.last_seq, int(found.group(1)))
-                continue
-            replay.appended(seq)
-            return
-        raise JetlaneError("the run's inbox kept changing under 100 appends in a row")
+    def _appended(self, replay: Replay, body: h.Journal, seq: int) -> None:
+        if isinstance(body, h.StepFailed) and body.retry_at is not None:
+            self._for_job(replay.job.name)[4].inc()
+        # No timestamp per step: the session stamps updated_at at its end.
+        self._summarize(replay, h.Message(seq, replay.run_id, "out", "", body))
 
     async def _execute(self, replay: Replay, ex: Execute) -> Outcome:
         started = datetime.now(UTC)
