@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import inspect
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -35,6 +34,7 @@ from jetlane._replay import (
     Schedule,
     Unschedule,
 )
+from jetlane.testing import run_step
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 RUN = "r1"
@@ -210,14 +210,7 @@ class Driver:
 
     async def execute(self, ex: Execute) -> Outcome:
         self.executed.append((ex.step, ex.attempt))
-        started = self.clock()
-        try:
-            result = ex.fn()
-            if inspect.isawaitable(result):
-                result = await result
-        except Exception as exc:
-            return Outcome(started_at=started, duration_ms=1.5, error=exc)
-        return Outcome(started_at=started, duration_ms=1.5, result=result)
+        return await run_step(ex, self.clock(), 1.5)
 
     async def crash(self) -> None:
         """Lose the core (and its unwritten outbox); a fresh one replays the log."""
