@@ -77,6 +77,11 @@ class Handback(Exception):
     """The driver is stopping: give the run back instead of starting another step."""
 
 
+class Outdated(Exception):
+    """An input came in, while a decision was being written, that overturns it (an
+    event for a wait that was timing out): replay the run from its log again."""
+
+
 Execute_ = Callable[[Replay, Execute], Awaitable[Outcome]]
 
 
@@ -234,6 +239,10 @@ class Driver:
                 # Something landed after what we read: a new input (take it in and
                 # go on), or another runner's entry (ingest_tail raises FenceLost).
                 if await self.ingest_tail(replay, journal=True):
+                    if replay.outdated(body):
+                        raise Outdated(
+                            f"{h.kind_of(body)} of {getattr(body, 'step', '')!r}"
+                        ) from None
                     empty = 0
                     continue
                 empty += 1
@@ -250,4 +259,4 @@ class Driver:
         raise JetlaneError("the run's inbox kept changing under 100 appends in a row")
 
 
-__all__ = ["Blocked", "Driver", "Finished", "Handback", "Park", "Store"]
+__all__ = ["Blocked", "Driver", "Finished", "Handback", "Outdated", "Park", "Store"]

@@ -252,6 +252,17 @@ class Replay:
         self.terminal = cancelled
         return cancelled
 
+    def outdated(self, body: h.Journal) -> bool:
+        """Whether an input taken in since ``body`` was decided contradicts it.
+
+        Only a wait's timeout can be: it was decided because no event of its type
+        was there, and one stored before the entry is written must win. (An event
+        the wait took cannot be overtaken: later inputs come later in the log.)
+        """
+        if not isinstance(body, h.WaitTimedOut):
+            return False
+        return any(e.type == body.type and s not in self._consumed for s, e in self._events)
+
     def fired(self, token: str) -> bool:
         """Whether a timer input for ``token`` is in the inbox (it wakes; time decides)."""
         return token in self._timers

@@ -57,7 +57,7 @@ from nats.aio.msg import Msg
 from . import _history as h
 from ._context import Plugins
 from ._definition import Job, registry
-from ._drive import Driver, Handback
+from ._drive import Driver, Handback, Outdated
 from ._durations import format_time
 from ._errors import (
     DecodeError,
@@ -365,6 +365,17 @@ class Runner:
             session.lease = lease
         if lease is None:
             return "retry"  # another runner holds the run; it reads the log before parking
+        for _ in range(5):
+            try:
+                return await self._advance_held(session)
+            except Outdated as exc:
+                # A decision was overturned by an input that came while it was being
+                # written: replay from the log, which now holds that input.
+                logger.info("decision overturned; replaying", run_id=run_id, entry=str(exc))
+        return "retry"
+
+    async def _advance_held(self, session: _Session) -> str:
+        run_id = session.run_id
         replay = self._cache.pop(run_id, None)
         if replay is not None:
             replay = await self._catch_up(replay)
@@ -411,7 +422,11 @@ class Runner:
             return grew
 
         while True:
-            decision = await self._driver.settle(replay, more=more, first_decision=measured)
+            try:
+                decision = await self._driver.settle(replay, more=more, first_decision=measured)
+            except Outdated:
+                replay.close()
+                raise
             if isinstance(decision, Blocked):
                 logger.warning(
                     "run blocked", run_id=run_id, step=decision.step, error=decision.error.message

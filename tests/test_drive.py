@@ -1,0 +1,86 @@
+"""The shared drive loop over the in-memory store: the races the fence settles."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from jetlane import Context, EventTimeout, define_job, step
+from jetlane import wire as h
+from jetlane._drive import Driver, Outdated
+from jetlane._replay import Finished, Park, Replay
+from jetlane.testing import MemoryStore, VirtualClock, run_step
+
+
+async def waiter(ctx: Context) -> Any:
+    try:
+        return await step.wait_for_event("w", type="go", timeout="1h")
+    except EventTimeout:
+        return "timed out"
+
+
+JOB = define_job(name="waiter", handler=waiter, register=False)
+
+
+class RacingStore(MemoryStore):
+    """An event lands just before the runner's next append (stored, then refused)."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        super().__init__(clock)
+        self.race: h.Input | None = None
+
+    async def append(self, run_id: str, body: h.Journal, expected: int) -> int:
+        if self.race is not None:
+            event, self.race = self.race, None
+            self.add(run_id, "in", event)
+        return await super().append(run_id, body, expected)
+
+
+async def session(store: MemoryStore, clock: VirtualClock, run_id: str) -> Any:
+    replay = Replay(JOB, run_id, clock=clock)
+    for message in await store.read(run_id):
+        replay.ingest(message)
+    driver = Driver(store, lambda r, ex: run_step(ex, clock()))
+    try:
+        return await driver.settle(replay)
+    finally:
+        replay.close()
+
+
+async def test_an_event_stored_while_a_timeout_is_written_wins() -> None:
+    clock = VirtualClock()
+    store = RacingStore(clock)
+    store.add("r", "in", h.Start(job="waiter"))
+    assert isinstance(await session(store, clock, "r"), Park)
+    clock.now += timedelta(hours=2)  # the deadline passed with no event in the log
+    store.race = h.Event(type="go", payload="just in time")
+    with pytest.raises(Outdated):
+        await session(store, clock, "r")  # the refused append brought the event in
+    decision = await session(store, clock, "r")  # a replay from the log
+    assert isinstance(decision, Finished)
+    kinds = [m.kind for m in await store.read("r") if m.direction == "out"]
+    assert kinds == ["wait_started", "timer_set", "event_received", "run_completed"]
+
+
+async def test_a_cancel_stored_while_a_step_outcome_is_written_ends_the_run() -> None:
+    ran: list[str] = []
+
+    async def two(ctx: Context) -> str:
+        await step.do("a", lambda: ran.append("a"))
+        await step.do("b", lambda: ran.append("b"))
+        return "done"
+
+    job = define_job(name="two", handler=two, register=False)
+    clock = VirtualClock()
+    store = RacingStore(clock)
+    store.add("c", "in", h.Start(job="two"))
+    store.race = h.Cancel(reason="stop")  # lands during the append of a's outcome
+    replay = Replay(job, "c", clock=clock)
+    for message in await store.read("c"):
+        replay.ingest(message)
+    decision = await Driver(store, lambda r, ex: run_step(ex, clock())).settle(replay)
+    replay.close()
+    assert isinstance(decision, Finished) and isinstance(decision.entry, h.RunCancelled)
+    assert ran == ["a"]  # b never started
