@@ -1,11 +1,10 @@
 """An in-memory driver for the pure core: a list is the log, a fake clock the time.
 
-It does what the runner's ``_advance``/``_drive`` do, without NATS: feed the
-history to a ``Replay``, write each ``Append`` to the log (its sequence is
-the list position), keep ``Schedule``s in a dict and fire them as ``timer``
-inputs when the fake clock passes ``fire_at``, execute ``Execute`` decisions
-and read the log to its end before accepting a ``Park``. ``crash()`` throws
-the core away and replays the log into a fresh one, as a new runner would.
+It runs the runner's drive loop (``jetlane._drive.Driver``) with itself as
+the store, without NATS: each ``Append`` goes to the log (its sequence is
+the list position), ``Schedule``s to a dict that the fake clock fires as
+``timer`` inputs. ``crash()`` throws the core away and replays the log into a
+fresh one, as a new runner would.
 """
 
 from __future__ import annotations
@@ -21,10 +20,11 @@ import msgspec
 
 from jetlane import wire as h
 from jetlane._definition import Job, define_job
+from jetlane._drive import Driver as DriveLoop
+from jetlane._errors import FenceLost
 from jetlane._replay import (
     Append,
     Blocked,
-    Checkpoint,
     Decision,
     Execute,
     Finished,
@@ -61,6 +61,10 @@ def entropy(n: int) -> bytes:
 
 
 entropy.calls = 0  # type: ignore[attr-defined]
+
+
+class _Crash(Exception):
+    """The runner process dies (in ``advance(crash_at_execute=n)``)."""
 
 
 class Driver:
@@ -158,35 +162,69 @@ class Driver:
     # -- advancing -------------------------------------------------------------
 
     async def advance(self, *, crash_at_execute: int | None = None) -> Decision:
-        """Bring the run to its next park (or end), as one runner session would.
+        """Bring the run to its next park (or end), as one runner session would: with
+        the runner's own drive loop (``jetlane._drive.Driver``), this driver as its store.
 
         ``crash_at_execute=n`` runs the n-th step function of this session and
         then crashes before its outcome is written; a fresh core takes over.
         """
         self.feed()
-        reply: Any = None
         executes = 0
+
+        async def execute(replay: Replay, ex: Execute) -> Outcome:
+            nonlocal executes
+            executes += 1
+            outcome = await self.execute(ex)
+            if executes == crash_at_execute:
+                raise _Crash  # the outcome is lost with the process
+            return outcome
+
+        loop = DriveLoop(self, execute)
         while True:
-            decision = await self.replay.next(reply)
-            self.decisions.append(decision)
-            self.flush()
-            reply = None
-            if isinstance(decision, Checkpoint):
-                continue  # the outcome is flushed: go on
-            if isinstance(decision, Execute):
-                executes += 1
-                reply = await self.execute(decision)
-                if executes == crash_at_execute:
-                    await self.crash()
-                    reply = None
+            try:
+                decision = await loop.settle(self.replay)
+            except _Crash:
+                await self.crash()
                 continue
-            if isinstance(decision, Park):
-                if self.feed():
-                    continue
-                for spec in decision.timers:
-                    if spec.rearm:
-                        self.schedules[spec.token] = (spec.fire_at, spec.body)
-            return decision
+            break
+        self._fed = len(self.log)
+        self.decisions.append(decision)
+        if isinstance(decision, Park):
+            for spec in decision.timers:
+                if spec.rearm:
+                    self.schedules[spec.token] = (spec.fire_at, spec.body)
+        return decision
+
+    # -- the Store the drive loop writes to (the list is the log) ----------------
+
+    async def read(self, run_id: str, after: int = 0) -> list[h.Message]:
+        return self.log[after:]
+
+    async def read_inputs(self, run_id: str, after: int = 0) -> list[h.Message]:
+        return [m for m in self.log[after:] if m.direction == "in"]
+
+    async def append(self, run_id: str, body: h.Journal, expected: int) -> int:
+        if expected != len(self.log):
+            raise FenceLost(f"wrong last sequence: {len(self.log)}")
+        return self._add("out", body)
+
+    async def send_schedule(
+        self, run_id: str, token: str, fire_at: datetime, body: h.Timer
+    ) -> asyncio.Future[Any]:
+        self.schedules[token] = (fire_at, body)
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    async def confirm(self, sent: asyncio.Future[Any]) -> None:
+        await sent
+
+    async def unschedule(self, run_id: str, token: str) -> None:
+        self.unscheduled.append(token)
+        if token == "*":
+            self.schedules.clear()
+        else:
+            self.schedules.pop(token, None)
 
     def flush(self, *, limit: int | None = None) -> None:
         """Write the outbox; ``limit`` stops after that many appends (a crash mid-write)."""
