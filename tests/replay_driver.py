@@ -34,7 +34,7 @@ from jetlane._replay import (
     Schedule,
     Unschedule,
 )
-from jetlane.testing import run_step
+from jetlane.testing import MemoryStore, acknowledged, run_step
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 RUN = "r1"
@@ -212,12 +212,9 @@ class Driver:
         self, run_id: str, token: str, fire_at: datetime, body: h.Timer
     ) -> asyncio.Future[Any]:
         self.schedules[token] = (fire_at, body)
-        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
+        return acknowledged()
 
-    async def confirm(self, sent: asyncio.Future[Any]) -> None:
-        await sent
+    confirm = MemoryStore.confirm
 
     async def unschedule(self, run_id: str, token: str) -> None:
         self.unscheduled.append(token)

@@ -79,6 +79,13 @@ class VirtualClock:
         return self.now
 
 
+def acknowledged() -> asyncio.Future[Any]:
+    """An acknowledgement that has already come (an in-memory write cannot fail)."""
+    done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    done.set_result(None)
+    return done
+
+
 class MemoryStore:
     """The run log in memory: what ``Driver`` needs of a store, plus the timers."""
 
@@ -119,9 +126,7 @@ class MemoryStore:
         self, run_id: str, token: str, fire_at: datetime, body: h.Timer
     ) -> asyncio.Future[Any]:
         self.schedules[(run_id, token)] = (fire_at, body)
-        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
+        return acknowledged()
 
     async def confirm(self, sent: asyncio.Future[Any]) -> None:
         await sent
