@@ -192,7 +192,7 @@ class Endpoints:
         return json_response(Health(status="ok"))
 
     async def readyz(self, request: Request) -> Response:
-        if self.client.log.nc.is_connected:
+        if self.client.log.connected:
             return json_response(Health(status="ready"))
         raise ApiError(503, "NotReady", "not connected to NATS")
 

@@ -211,7 +211,7 @@ async def serve(
                 metrics[0],
                 metrics[1],
                 metrics=runner.metrics,
-                ready=lambda: runner.ready.is_set() and log.nc.is_connected,
+                ready=lambda: runner.ready.is_set() and log.connected,
             )
         if api is not None and api[1]:
             from .api import api_server

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-import nats.errors
 
 from . import _history as h
 from ._connection import ConnectOptions
@@ -25,7 +23,7 @@ from ._errors import (
     RunNotFound,
 )
 from ._index import RunIndex
-from ._log import FenceLost, Log
+from ._log import FenceLost, Log, NoResponders
 from ._names import Names
 from ._replay import DEFAULT_MAX_PAYLOAD
 from ._status import RunStatus, summarize
@@ -109,10 +107,10 @@ class Client:
             return
         subject = f"{self.log.names.prefix}.api.validate.{job}"
         try:
-            reply = await self.log.nc.request(subject, msgspec.json.encode(input), timeout=2.0)
-        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            reply = await self.log.ask(subject, msgspec.json.encode(input), timeout=2.0)
+        except (NoResponders, TimeoutError):
             return  # no runner serves the job yet: the run waits for one
-        answer = msgspec.json.decode(reply.data)
+        answer = msgspec.json.decode(reply)
         if isinstance(answer, dict) and answer.get("error"):
             raise InputError(str(answer["error"]))
 
@@ -180,10 +178,10 @@ class Client:
         """Whether any live runner serves ``job`` (runners answer its validation subject)."""
         subject = f"{self.log.names.prefix}.api.validate.{job}"
         try:
-            await self.log.nc.request(subject, b"null", timeout=1.0)
-        except nats.errors.NoRespondersError:
+            await self.log.ask(subject, b"null", timeout=1.0)
+        except NoResponders:
             return False
-        except nats.errors.TimeoutError:
+        except TimeoutError:
             return True  # a runner exists but is slow to answer
         return True
 
@@ -202,8 +200,7 @@ class Client:
         # (only fired timers bypass core subscribers, and they go to .in). Subscribe
         # first, then read: nothing falls in between. A periodic re-read covers
         # anything missed across a reconnect.
-        sub = await self.log.nc.subscribe(self.log.names.journal(run_id))
-        try:
+        async with self.log.watch_journal(run_id) as next_entry:
             history = await self.log.read(run_id)
             while True:
                 status = summarize(run_id, history)
@@ -211,17 +208,11 @@ class Client:
                     raise RunNotFound(run_id)
                 if status.done:
                     return status
-                try:
-                    raw = await sub.next_msg(timeout=2.0)
-                except nats.errors.TimeoutError:
+                msg = await next_entry(2.0)
+                if msg is None:
                     history = await self.log.read(run_id)
-                    continue
-                msg = self.log.decode_delivered_core(raw)
-                if isinstance(msg.body, h.TERMINAL):
+                elif isinstance(msg.body, h.TERMINAL):
                     history.append(msg)
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
 
     async def list_runs(
         self,
@@ -252,6 +243,19 @@ class Client:
                 yield msg
                 if isinstance(msg.body, h.TERMINAL):
                     return
+
+    async def audit_feed(self, *, follow: bool = False) -> AsyncIterator[h.Message]:
+        """Every run's history, in stream order (inputs and journals of all runs); with
+        ``follow``, keep yielding what comes next (what ``jetlane history --all`` prints)."""
+        names = self.log.names
+        last = 0
+        async for raw in self.log.read_raw(names.all_runs):
+            msg = self.log.decode(raw)
+            last = max(last, msg.seq)
+            yield msg
+        if follow:
+            async for msg in self.log.tail(names.all_runs, last + 1):
+                yield msg
 
 
 @asynccontextmanager

@@ -21,7 +21,7 @@ import collections
 import contextlib
 import heapq
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -43,6 +43,7 @@ from ._durations import format_time
 from ._errors import DecodeError, JetlaneError
 from ._errors import FenceLost as FenceLost
 from ._names import Names
+from ._pull import Delivery, Puller
 from ._scan import Value, last_values, subjects
 from ._streams import StreamSetup
 
@@ -52,6 +53,10 @@ WRONG_LAST_SEQUENCE: Final = 10071
 
 class NoStream(JetlaneError):
     """No stream stores the subject (not created yet, deleted, or JetStream is down)."""
+
+
+class NoResponders(JetlaneError):
+    """Nobody listens on the subject asked (no runner serves the job)."""
 
 
 class _Ack(msgspec.Struct):
@@ -153,6 +158,80 @@ class Log(StreamSetup):
                 await nc.close()
                 raise
         return log
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.nc.is_connected)
+
+    # -- core request/reply (runners answer validations and wake-ups) ------------
+
+    async def ask(self, subject: str, data: bytes, timeout: float) -> bytes:
+        """A request; the reply's body. ``NoResponders`` when nobody listens,
+        ``TimeoutError`` when nobody answered in time."""
+        try:
+            reply = await self.nc.request(subject, data, timeout=timeout)
+        except nats.errors.NoRespondersError:
+            raise NoResponders(subject) from None
+        except nats.errors.TimeoutError:
+            raise TimeoutError(f"no answer on {subject} in {timeout:g}s") from None
+        return bytes(reply.data)
+
+    async def serve(
+        self,
+        subject: str,
+        handler: Callable[[bytes], Awaitable[bytes | None]],
+        *,
+        queue: str = "",
+    ) -> Callable[[], Awaitable[None]]:
+        """Answer requests on ``subject`` with ``handler``'s reply (None: no reply);
+        returns what stops serving."""
+
+        async def answer(msg: Msg) -> None:
+            reply = await handler(msg.data)
+            if reply is not None and msg.reply:
+                with contextlib.suppress(Exception):  # the asker may be gone
+                    await msg.respond(reply)
+
+        sub = await self.nc.subscribe(subject, queue=queue, cb=answer)
+
+        async def stop() -> None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+        return stop
+
+    async def flush(self) -> None:
+        """Wait until the server has everything sent so far (subscriptions included)."""
+        await self.nc.flush()
+
+    def puller(
+        self,
+        on_message: Callable[[Delivery], Awaitable[None]],
+        recreate: Callable[[], Awaitable[None]],
+    ) -> Puller:
+        return Puller(self.nc, self.names.stream, self.names.consumer, on_message, recreate)
+
+    @contextlib.asynccontextmanager
+    async def watch_journal(
+        self, run_id: str
+    ) -> AsyncIterator[Callable[[float], Awaitable[h.Message | None]]]:
+        """Journal entries of a run as runners publish them: ``next(timeout)`` gives the
+        next one, or None when none came in time (an entry may be missed across a
+        reconnect: re-read the log then)."""
+        sub = await self.nc.subscribe(self.names.journal(run_id))
+
+        async def next_entry(timeout: float) -> h.Message | None:
+            try:
+                raw = await sub.next_msg(timeout=timeout)
+            except nats.errors.TimeoutError:
+                return None
+            return self.decode_delivered_core(raw)
+
+        try:
+            yield next_entry
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def close(self) -> None:
         if self._sweeper is not None:

@@ -34,6 +34,48 @@ logger = structlog.get_logger("jetlane.runner")
 EXPIRES = 1.0
 
 
+class Delivery:
+    """One delivery of the runners' consumer, as the runner sees it (never a nats Msg).
+
+    ``ack`` (done with it), ``retry_later`` (deliver again after a delay),
+    ``hand_back`` (deliver again now, to any runner), ``reject`` (never again:
+    it is dead-lettered), ``keep_alive`` (still working on it).
+    """
+
+    __slots__ = ("_msg", "attempt", "data", "headers", "seq", "subject")
+
+    def __init__(self, msg: Msg) -> None:
+        self._msg = msg
+        meta = msg.metadata
+        self.subject: str = msg.subject
+        self.seq: int = meta.sequence.stream
+        self.attempt: int = meta.num_delivered or 1
+        self.headers: dict[str, str] = dict(msg.headers or {})
+        self.data: bytes = msg.data
+
+    async def ack(self) -> None:
+        await self._settle(self._msg.ack())
+
+    async def retry_later(self, delay: float) -> None:
+        await self._settle(self._msg.nak(delay=delay))
+
+    async def hand_back(self) -> None:
+        await self._settle(self._msg.nak())
+
+    async def reject(self) -> None:
+        await self._settle(self._msg.term())
+
+    async def keep_alive(self) -> None:
+        await self._settle(self._msg.in_progress())
+
+    @staticmethod
+    async def _settle(call: Awaitable[None]) -> None:
+        # An ack that cannot be sent (connection gone) changes nothing that matters:
+        # the delivery comes back after ack_wait and advancing it again is idempotent.
+        with contextlib.suppress(Exception):
+            await call
+
+
 class Puller:
     """Keeps one pull request open on ``stream``/``consumer`` and hands deliveries on."""
 
@@ -42,7 +84,7 @@ class Puller:
         nc: NATS,
         stream: str,
         consumer: str,
-        on_message: Callable[[Msg], Awaitable[None]],
+        on_message: Callable[[Delivery], Awaitable[None]],
         recreate: Callable[[], Awaitable[None]],
         *,
         expires: float = EXPIRES,
@@ -105,7 +147,7 @@ class Puller:
             self._remaining -= 1
             if self._remaining <= 0:
                 self._ended.set()
-            await self.on_message(msg)
+            await self.on_message(Delivery(msg))
             return
         if status == "100":
             return  # idle heartbeat

@@ -43,16 +43,14 @@ import os
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-import nats.errors
 import structlog
-from nats.aio.msg import Msg
 
 from . import _history as h
 from ._context import Plugins
@@ -70,7 +68,7 @@ from ._errors import (
 from ._index import record
 from ._log import Log
 from ._metrics import RunnerMetrics
-from ._pull import Puller
+from ._pull import Delivery
 from ._replay import (
     DEFAULT_MAX_PAYLOAD,
     Blocked,
@@ -108,7 +106,7 @@ MAX_CLOCK_SKEW = 5.0
 @dataclass
 class _Session:
     run_id: str
-    deliveries: list[Msg] = field(default_factory=list)
+    deliveries: list[Delivery] = field(default_factory=list)
     handled: int = 0
     lease: int | None = None
     # Serialises lease renewals with the release, so a renewal in flight can
@@ -178,8 +176,7 @@ class Runner:
             )
 
         await consumer()
-        names = self.log.names
-        puller = Puller(self.log.nc, names.stream, names.consumer, self._dispatch, consumer)
+        puller = self.log.puller(self._dispatch, consumer)
         await puller.start()
         validators = await self._serve_validation()
         heartbeat = asyncio.create_task(self._heartbeat())
@@ -201,9 +198,8 @@ class Runner:
         finally:
             self.ready.clear()
             waker.cancel()
-            for sub_ in validators:
-                with contextlib.suppress(Exception):
-                    await sub_.unsubscribe()
+            for stop in validators:
+                await stop()
             await self._drain()
             heartbeat.cancel()
             await puller.stop()
@@ -229,25 +225,23 @@ class Runner:
 
     # -- deliveries -----------------------------------------------------------
 
-    async def _dispatch(self, msg: Msg) -> None:
+    async def _dispatch(self, msg: Delivery) -> None:
         if self._stopping.is_set():
-            with contextlib.suppress(Exception):
-                await msg.nak()  # pulled while stopping: another runner takes it
+            await msg.hand_back()  # pulled while stopping: another runner takes it
             return
         names = self.log.names
         parsed = names.parse(msg.subject)
-        seq = msg.metadata.sequence.stream
         run_id = parsed[0] if parsed else ""
         try:
             if parsed is None or not h.RUN_ID.fullmatch(run_id):
                 raise DecodeError(f"subject {msg.subject!r} does not name a valid run id")
-            h.decode((msg.headers or {}).get(h.KIND_HEADER), msg.data, direction="in")
+            h.decode(msg.headers.get(h.KIND_HEADER), msg.data, direction="in")
         except DecodeError as exc:
-            await self._dead_letter(msg, run_id, seq, str(exc))
+            await self._dead_letter(msg, run_id, str(exc))
             return
         self._wake(run_id, msg)
 
-    def _wake(self, run_id: str, msg: Msg | None = None, *, waiting: bool = False) -> None:
+    def _wake(self, run_id: str, msg: Delivery | None = None, *, waiting: bool = False) -> None:
         """Advance ``run_id``: join its session here, or start one."""
         session = self._sessions.get(run_id)
         if session is not None:
@@ -261,17 +255,17 @@ class Runner:
         self._sessions[run_id] = session
         self._tasks[run_id] = asyncio.create_task(self._session(session))
 
-    async def _dead_letter(self, msg: Msg, run_id: str, seq: int, reason: str) -> None:
-        logger.warning("dead-lettered input", run_id=run_id, seq=seq, reason=reason)
+    async def _dead_letter(self, msg: Delivery, run_id: str, reason: str) -> None:
+        logger.warning("dead-lettered input", run_id=run_id, seq=msg.seq, reason=reason)
         self.stats["dead_lettered"] += 1
         self.metrics.dead_letters.inc()
         try:
-            await self.log.dead_letter(run_id, seq, msg.subject, reason, msg.data)
-        except Exception as exc:
-            logger.error("dead-letter write failed; will retry", seq=seq, error=str(exc))
-            await msg.nak(delay=1.0)
+            await self.log.dead_letter(run_id, msg.seq, msg.subject, reason, msg.data)
+        except JetlaneError as exc:
+            logger.error("dead-letter write failed; will retry", seq=msg.seq, error=str(exc))
+            await msg.retry_later(1.0)
             return
-        await msg.term()
+        await msg.reject()
 
     async def _session(self, session: _Session) -> None:
         run_id = session.run_id
@@ -285,7 +279,7 @@ class Runner:
             logger.info("fence lost; another runner advanced the run", run_id=run_id)
         except (asyncio.CancelledError, Handback):
             outcome = "handback"
-        except (TimeoutError, JetlaneError, OSError, nats.errors.Error) as exc:
+        except (TimeoutError, JetlaneError, OSError) as exc:
             logger.warning("advance failed; will retry", run_id=run_id, error=str(exc))
         except Exception:
             logger.exception("advance crashed; will retry", run_id=run_id)
@@ -312,8 +306,7 @@ class Runner:
                 if not self._stopping.is_set():
                     self._wake(run_id, msg)
                 else:
-                    with contextlib.suppress(Exception):
-                        await msg.nak()
+                    await msg.hand_back()
             if outcome == "retry" and not session.deliveries and session.retries < 8:
                 # Woken by a timer or a wake-up, with no delivery to redeliver it: try
                 # again here (the fence and the lease keep that safe).
@@ -347,16 +340,14 @@ class Runner:
 
     async def _settle(self, session: _Session, outcome: str) -> None:
         for msg in session.deliveries:
-            with contextlib.suppress(Exception):
-                if outcome == "done" and session.redeliver_in is None:
-                    await msg.ack()
-                elif outcome == "done":
-                    await msg.nak(delay=session.redeliver_in)
-                elif outcome == "handback":
-                    await msg.nak()
-                else:
-                    delivered = msg.metadata.num_delivered or 1
-                    await msg.nak(delay=min(0.05 * 2 ** min(delivered, 8), 5.0))
+            if outcome == "done" and session.redeliver_in is None:
+                await msg.ack()
+            elif outcome == "done":
+                await msg.retry_later(session.redeliver_in or 0.0)
+            elif outcome == "handback":
+                await msg.hand_back()
+            else:
+                await msg.retry_later(min(0.05 * 2 ** min(msg.attempt, 8), 5.0))
 
     async def _advance(self, session: _Session) -> str:
         run_id = session.run_id
@@ -479,7 +470,7 @@ class Runner:
         """Whether what we read includes every delivered input (a lagging replica may
         serve a direct get without the message just delivered)."""
         for _ in range(5):
-            newest = max((m.metadata.sequence.stream for m in session.deliveries), default=0)
+            newest = max((m.seq for m in session.deliveries), default=0)
             if newest <= replay.last_seq:
                 return True
             await asyncio.sleep(0.05)
@@ -680,8 +671,7 @@ class Runner:
                     self.metrics.pending.set(await self.log.consumer_pending())
             for session in list(self._sessions.values()):
                 for msg in session.deliveries:
-                    with contextlib.suppress(Exception):
-                        await msg.in_progress()
+                    await msg.keep_alive()
                 async with session.lease_lock:
                     if session.lease is None:
                         continue  # released (or never taken)
@@ -695,33 +685,31 @@ class Runner:
                             "lease renewal failed", run_id=session.run_id, error=str(exc)
                         )
 
-    async def _serve_validation(self) -> list[Any]:
-        subs = []
+    async def _serve_validation(self) -> list[Callable[[], Awaitable[None]]]:
+        """Answer input validations and wake-ups for our jobs; what stops serving."""
+        stops = []
         for name, job in self.jobs.items():
 
-            async def answer(msg: Msg, job: Job = job) -> None:
+            async def answer(data: bytes, job: Job = job) -> bytes:
                 reply: dict[str, Any]
                 try:
-                    job.validate_input(msgspec.json.decode(msg.data))
+                    job.validate_input(msgspec.json.decode(data))
                     reply = {"ok": True}
                 except InputError as exc:
                     reply = {"error": str(exc)}
                 except msgspec.DecodeError:
                     reply = {"error": "input is not JSON"}
-                with contextlib.suppress(Exception):
-                    await msg.respond(msgspec.json.encode(reply))
+                return msgspec.json.encode(reply)
 
-            async def wake(msg: Msg) -> None:
-                run_id = msg.data.decode("utf-8", "replace")
+            async def wake(data: bytes) -> None:
+                run_id = data.decode("utf-8", "replace")
                 if h.RUN_ID.fullmatch(run_id):
                     self._wake(run_id, waiting=True)
 
             subject = f"{self.log.names.prefix}.api.validate.{name}"
-            subs.append(await self.log.nc.subscribe(subject, queue="jetlane-runners", cb=answer))
-            subs.append(
-                await self.log.nc.subscribe(
-                    self.log.names.wake(name), queue="jetlane-runners", cb=wake
-                )
+            stops.append(await self.log.serve(subject, answer, queue="jetlane-runners"))
+            stops.append(
+                await self.log.serve(self.log.names.wake(name), wake, queue="jetlane-runners")
             )
-        await self.log.nc.flush()  # the server knows the subscriptions before we say ready
-        return subs
+        await self.log.flush()  # the server knows the subscriptions before we say ready
+        return stops

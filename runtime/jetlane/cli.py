@@ -367,15 +367,8 @@ async def cmd_history(args: argparse.Namespace) -> int:
                 async for msg in client.history(args.run_id, follow=args.follow):
                     printer.message(msg)
             return EXIT_OK
-        log = client.log
-        last = 0
-        async for raw in log.read_raw(log.names.all_runs):
-            msg = log.decode(raw)
+        async for msg in client.audit_feed(follow=args.follow):
             printer.message(msg)
-            last = max(last, msg.seq)
-        if args.follow:
-            async for msg in log.tail(log.names.all_runs, last + 1):
-                printer.message(msg)
     return EXIT_OK
 
 
