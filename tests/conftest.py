@@ -6,13 +6,15 @@ import asyncio
 import itertools
 import os
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 
 from jetlane import Client, ConnectOptions, Job, Log, Names, Runner, RunnerConfig
 from jetlane.embedded import EmbeddedNats
+
+from .helpers import StartRunner
 
 _ids = itertools.count()
 
@@ -46,9 +48,6 @@ async def log(options: ConnectOptions, names: Names) -> AsyncIterator[Log]:
 @pytest.fixture
 async def client(log: Log) -> Client:
     return Client(log)
-
-
-StartRunner = Callable[..., Awaitable[Runner]]
 
 
 @pytest.fixture
@@ -85,17 +84,3 @@ def rng(request: pytest.FixtureRequest) -> random.Random:
     seed = int(os.environ.get("JETLANE_TEST_SEED", random.randrange(2**32)))
     print(f"random seed: JETLANE_TEST_SEED={seed}")
     return random.Random(seed)
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], *, timeout: float = 10.0, what: str = "condition"
-) -> None:
-    """Wait for ``check()`` to hold, polling, up to ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        if await check():
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)

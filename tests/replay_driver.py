@@ -10,7 +10,6 @@ fresh one, as a new runner would.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -255,11 +254,7 @@ class Driver:
         self.feed()
 
     async def close(self) -> None:
-        self.replay.close()
-        task = self.replay._task
-        if task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self.replay.aclose()
 
     async def run(
         self, *, on_park: Callable[[Driver, Park], None] | None = None, max_parks: int = 100
@@ -288,11 +283,7 @@ async def replay_fresh(driver: Driver) -> tuple[Decision, list[Any]]:
         other.ingest(msg)
     decision = await other.next(None)
     appends = [e.body for e in other.outbox if isinstance(e, Append)]
-    other.close()
-    task = other._task
-    if task is not None:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await other.aclose()
     return decision, appends
 
 

@@ -21,7 +21,7 @@ from jetlane import Client, ConnectOptions, Context, Log, Names, RunStatus, defi
 from jetlane.api import OPEN_PATHS, api_server, create_app
 from jetlane.embedded import free_port
 
-from .conftest import StartRunner, eventually
+from .helpers import StartRunner, eventually
 
 
 class Name(msgspec.Struct):

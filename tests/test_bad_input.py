@@ -43,7 +43,7 @@ from jetlane import (
 from jetlane import wire as h
 
 from .chaos.harness import ChaosRunner
-from .conftest import StartRunner, eventually
+from .helpers import StartRunner, eventually
 
 LIMIT = 10_000
 

@@ -18,7 +18,7 @@ import pytest
 from jetlane import Context, Names, NonRetryableError, define_job, registry, step
 from jetlane.embedded import EmbeddedNats, free_port
 
-from .conftest import StartRunner
+from .helpers import StartRunner
 
 ROOT = Path(__file__).resolve().parent.parent
 

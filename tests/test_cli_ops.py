@@ -10,7 +10,7 @@ import httpx
 from jetlane import Client, Context, Names, define_job, step
 from jetlane.embedded import EmbeddedNats, free_port
 
-from .conftest import StartRunner, eventually
+from .helpers import StartRunner, eventually
 from .test_cli import ROOT, _env, jetlane
 
 

@@ -31,7 +31,7 @@ from jetlane.embedded import EmbeddedNats, free_port
 
 from .chaos import jobs as chaos_jobs
 from .chaos.harness import final_outcomes
-from .conftest import eventually
+from .helpers import eventually
 
 pytestmark = pytest.mark.slow
 

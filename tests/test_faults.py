@@ -14,7 +14,7 @@ from jetlane import Client, ConnectOptions, Log, Names
 from jetlane.embedded import EmbeddedNats
 
 from .chaos.harness import final_outcomes
-from .conftest import eventually
+from .helpers import eventually
 from .processes import RunnerProcess, executions
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,7 @@ import pytest
 
 from jetlane import Client, Context, define_job, step
 
-from .conftest import StartRunner, eventually
+from .helpers import StartRunner, eventually
 
 
 async def napper(ctx: Context, input: int) -> int:

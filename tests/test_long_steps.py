@@ -18,7 +18,7 @@ from jetlane import (
 )
 from jetlane import wire as h
 
-from .conftest import StartRunner
+from .helpers import StartRunner
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ from jetlane import Client, Context, RetryPolicy, define_job, step
 from jetlane._metrics import serve_ops
 from jetlane.embedded import free_port
 
-from .conftest import StartRunner, eventually
+from .helpers import StartRunner, eventually
 
 
 async def get(port: int, path: str) -> tuple[int, str]:

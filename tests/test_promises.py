@@ -31,7 +31,7 @@ from jetlane import wire as h
 from jetlane._durations import parse_time
 from jetlane.embedded import EmbeddedNats
 
-from .conftest import StartRunner, eventually
+from .helpers import StartRunner, eventually
 from .processes import RunnerProcess, executions
 
 ONCE = RetryPolicy(limit=0)

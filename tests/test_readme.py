@@ -23,7 +23,7 @@ from jetlane import Client, Names, registry
 from jetlane import wire as h
 from jetlane.embedded import EmbeddedNats
 
-from .conftest import StartRunner
+from .helpers import StartRunner
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 DEFAULT_URL = "nats://127.0.0.1:4222"

@@ -25,7 +25,7 @@ from jetlane import (
     step,
 )
 
-from .conftest import StartRunner, eventually
+from .helpers import StartRunner, eventually
 
 FAST = RetryPolicy(limit=3, delay=0.05, backoff="exponential")
 

@@ -45,7 +45,7 @@ from jetlane._connection import connect_nats
 from jetlane._durations import format_time
 from jetlane.embedded import EmbeddedNats
 
-from .conftest import eventually
+from .helpers import eventually
 
 # Refused TLS/auth connects leave nats-py transports behind (see the module fixture below);
 # their ResourceWarnings surface in whichever later test the garbage collector runs.

@@ -10,7 +10,7 @@ import pytest
 from jetlane import Client, Context, Log, Names, define_job, step
 from jetlane.embedded import EmbeddedNats
 
-from .conftest import StartRunner
+from .helpers import StartRunner
 
 
 async def greet(ctx: Context, input: dict[str, str]) -> str:

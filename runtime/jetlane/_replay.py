@@ -24,6 +24,7 @@ is deployed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import os
 from collections.abc import Callable
@@ -338,6 +339,13 @@ class Replay:
         """Drop the suspended handler (eviction, cancel, fence lost)."""
         if self._task is not None and not self._task.done():
             self._task.cancel()
+
+    async def aclose(self) -> None:
+        """``close``, and wait until the handler task has ended."""
+        self.close()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
     async def _main(self, value: Any) -> None:
         handler = self.job.handler

@@ -25,7 +25,6 @@ CI on histories of runs that are in flight, before deploying.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import random
 import uuid
@@ -301,7 +300,7 @@ class Environment:
                     if spec.rearm:
                         self.store.schedules[(run_id, spec.token)] = (spec.fire_at, spec.body)
         finally:
-            await _close(replay)
+            await replay.aclose()
 
     async def _execute(self, replay: Replay, ex: Execute) -> Outcome:
         return await run_step(ex, self.clock())
@@ -333,14 +332,6 @@ def _as_job(item: Job | Callable[..., Any]) -> Job:
         f"{item!r} is neither a Job nor a handler registered with @job; "
         "pass define_job(name=..., handler=...) for an unregistered handler"
     )
-
-
-async def _close(replay: Replay) -> None:
-    replay.close()
-    task = replay._task
-    if task is not None:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 # -- replaying recorded histories ---------------------------------------------------
@@ -406,7 +397,7 @@ async def replay_async(
                     f"but this code ends it {now}"
                 )
     finally:
-        await _close(core)
+        await core.aclose()
 
 
 def replay(job: Job, history: str | Path | Iterable[h.Message | Mapping[str, Any]]) -> None:
