@@ -14,7 +14,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "runtime" / "jetlane"
 
-NATS_ROOM = {"_connection", "_log", "_streams", "_pull", "_scan"}
+NATS_ROOM = {"_connection", "_log", "_router", "_streams", "_pull", "_scan"}
 CORE = {
     "_history",
     "_decisions",

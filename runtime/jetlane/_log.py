@@ -17,12 +17,9 @@ nats-py errors are translated to jetlane errors here and nowhere else.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import heapq
-import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
@@ -38,12 +35,13 @@ from nats.js.api import (
 )
 
 from . import _history as h
-from ._connection import ConnectOptions, _Connection, _Errors, connect_nats
+from ._connection import ConnectOptions, _Errors, connect_nats
 from ._durations import format_time
 from ._errors import DecodeError, JetlaneError
 from ._errors import FenceLost as FenceLost
 from ._names import Names
 from ._pull import Delivery, Puller
+from ._router import ReplyRouter
 from ._scan import Value, last_values, subjects
 from ._streams import StreamSetup
 
@@ -80,12 +78,6 @@ def _ack(data: bytes) -> _Ack:
     return ack
 
 
-@dataclass
-class _Read:
-    messages: list[Msg] = field(default_factory=list)
-    done: asyncio.Future[Msg] | None = None
-
-
 def _body(headers: dict[str, str], data: bytes, direction: str) -> tuple[Any, str]:
     """Decode a stored body; anything unusable becomes ``Invalid`` (kind ``invalid``)."""
     if direction == "out" and "Nats-Scheduler" in headers:
@@ -111,12 +103,6 @@ def _by_seq(msg: h.Message) -> int:
     return msg.seq
 
 
-@dataclass
-class _Batch:
-    messages: list[Msg]
-    end: Msg
-
-
 class Log(StreamSetup):
     """A run log over one JetStream stream."""
 
@@ -125,13 +111,7 @@ class Log(StreamSetup):
         self.js = nc.jetstream(timeout=timeout)
         self.names = names or Names()
         self.timeout = timeout
-        self._reads: dict[str, _Read] = {}
-        self._read_prefix = ""
-        self._read_ids = itertools.count()
-        self._read_sub: Any = None
-        self._replies: dict[str, asyncio.Future[Msg]] = {}
-        self._deadlines: collections.deque[tuple[float, str]] = collections.deque()
-        self._sweeper: asyncio.Task[None] | None = None
+        self.router = ReplyRouter(nc, timeout)
         self._direct = f"$JS.API.DIRECT.GET.{self.names.stream}"
         self.lease_ttl = 30.0
         self._errors = _Errors()
@@ -234,8 +214,7 @@ class Log(StreamSetup):
                 await sub.unsubscribe()
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        self.router.close()
         if not self.nc.is_closed:
             try:
                 await self.nc.drain()
@@ -253,40 +232,12 @@ class Log(StreamSetup):
     async def _request(
         self, subject: str, data: bytes, headers: dict[str, str] | None = None
     ) -> Msg:
-        """A request on our own reply mux (cheaper than nats-py's per-request timer and NUID)."""
-        return await (await self._send(subject, data, headers))
+        return await self.router.request(subject, data, headers)
 
     async def _send(
         self, subject: str, data: bytes, headers: dict[str, str] | None = None
     ) -> asyncio.Future[Msg]:
-        """Send a request; the future of its reply. Requests leave in call order."""
-        await self._ensure_reader()
-        token = str(next(self._read_ids))
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Msg] = loop.create_future()
-        self._replies[token] = future
-        future.add_done_callback(lambda _: self._replies.pop(token, None))
-        self._deadlines.append((loop.time() + self.timeout, token))
-        try:
-            await self.nc.publish(
-                subject, data, reply=f"{self._read_prefix}.{token}", headers=headers
-            )
-        except BaseException:
-            future.cancel()
-            raise
-        return future
-
-    async def _sweep(self) -> None:
-        # One task fails overdue requests, instead of a timer per request.
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(min(self.timeout / 4, 0.5))
-            now = loop.time()
-            while self._deadlines and self._deadlines[0][0] <= now:
-                _, token = self._deadlines.popleft()
-                future = self._replies.get(token)
-                if future is not None and not future.done():
-                    future.set_exception(JetlaneError("NATS did not answer in time"))
+        return await self.router.send(subject, data, headers)
 
     async def publish_input(
         self,
@@ -519,11 +470,10 @@ class Log(StreamSetup):
             yield raw
 
     async def _direct_batches(self, subject: str, start: int) -> AsyncIterator[Msg]:
-        await self._ensure_reader()
         seq = start
         while True:
             request = {"seq": seq, "batch": BATCH, "next_by_subj": subject}
-            batch = await self._batch(self._direct, request)
+            batch = await self.router.batch(self._direct, request)
             for raw in batch.messages:
                 yield raw
             headers = batch.end.headers or {}
@@ -532,53 +482,6 @@ class Log(StreamSetup):
             if int(headers.get("Nats-Num-Pending", "0")) == 0:
                 return
             seq = int(headers.get("Nats-Last-Sequence", "0")) + 1
-
-    async def _batch(self, subject: str, request: dict[str, Any]) -> _Batch:
-        """One batch direct get: the messages, then the end-of-batch status message."""
-        token = str(next(self._read_ids))
-        pending = _Read(done=asyncio.get_running_loop().create_future())
-        self._reads[token] = pending
-        try:
-            await self.nc.publish(
-                subject, msgspec.json.encode(request), reply=f"{self._read_prefix}.{token}"
-            )
-            assert pending.done is not None
-            end = await asyncio.wait_for(pending.done, self.timeout)
-        finally:
-            self._reads.pop(token, None)
-        status = (end.headers or {}).get("Status")
-        if status not in ("204", "404"):
-            # 503 no responders (leader election, JetStream down), 408, ...: the read
-            # did not happen. Never let that pass for an empty history.
-            description = (end.headers or {}).get("Description", "")
-            raise JetlaneError(f"history read failed: status {status} {description}".strip())
-        return _Batch(pending.messages, end)
-
-    async def _ensure_reader(self) -> None:
-        if self._read_sub is None:
-            self._read_prefix = self.nc.new_inbox()
-            self._read_sub = await self.nc.subscribe(f"{self._read_prefix}.*", cb=self._on_read)
-            if isinstance(self.nc, _Connection):
-                self.nc.fast[self._read_sub._id] = self._route
-            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
-
-    async def _on_read(self, msg: Msg) -> None:
-        self._route(msg)
-
-    def _route(self, msg: Any) -> None:
-        token = msg.subject[len(self._read_prefix) + 1 :]
-        future = self._replies.pop(token, None)
-        if future is not None:
-            if not future.done():
-                future.set_result(msg)
-            return
-        pending = self._reads.get(token)
-        if pending is None or pending.done is None or pending.done.done():
-            return
-        if msg.headers and "Status" in msg.headers:
-            pending.done.set_result(msg)
-        else:
-            pending.messages.append(msg)
 
     def decode(self, raw: Msg) -> h.Message:
         """A stored message as a history ``Message``; undecodable bodies become kind ``invalid``."""

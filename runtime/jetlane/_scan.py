@@ -40,7 +40,8 @@ import msgspec
 from ._errors import JetlaneError
 
 if TYPE_CHECKING:
-    from ._log import Log, _Batch
+    from ._log import Log
+    from ._router import Batch
 
 BATCH: Final = 1000
 OVERLAP: Final = 1000
@@ -66,9 +67,8 @@ async def last_values(log: Log, stream: str) -> AsyncIterator[Value]:
     works through the current one).
     """
     direct = f"$JS.API.DIRECT.GET.{stream}"
-    await log._ensure_reader()
-    ahead: asyncio.Task[_Batch] | None = asyncio.create_task(
-        log._batch(direct, {"seq": 1, "batch": BATCH})
+    ahead: asyncio.Task[Batch] | None = asyncio.create_task(
+        log.router.batch(direct, {"seq": 1, "batch": BATCH})
     )
     try:
         while ahead is not None:
@@ -78,7 +78,9 @@ async def last_values(log: Log, stream: str) -> AsyncIterator[Value]:
             more = end.get("Status") == "204" and int(end.get("Nats-Num-Pending", "0")) > 0
             if batch.messages and more:
                 last = int((batch.messages[-1].headers or {})["Nats-Sequence"])
-                ahead = asyncio.create_task(log._batch(direct, {"seq": last + 1, "batch": BATCH}))
+                ahead = asyncio.create_task(
+                    log.router.batch(direct, {"seq": last + 1, "batch": BATCH})
+                )
             for raw in batch.messages:
                 headers = raw.headers or {}
                 yield Value(
