@@ -103,7 +103,7 @@ def _by_seq(msg: h.Message) -> int:
     return msg.seq
 
 
-class Log(StreamSetup):
+class Log:
     """A run log over one JetStream stream."""
 
     def __init__(self, nc: NATS, names: Names | None = None, *, timeout: float = 5.0) -> None:
@@ -116,6 +116,7 @@ class Log(StreamSetup):
         self.lease_ttl = 30.0
         self._errors = _Errors()
         self._lease_replicas = 1
+        self.streams = StreamSetup(self.js, self.names, self._errors)
 
     @classmethod
     async def open(
@@ -130,7 +131,7 @@ class Log(StreamSetup):
         errors = _Errors()
         nc = await connect_nats(options, errors)
         log = cls(nc, names)
-        log._errors = errors
+        log._errors = log.streams.errors = errors
         if setup:
             try:
                 await log.ensure_stream(replicas=replicas, lease_ttl=lease_ttl)
@@ -138,6 +139,23 @@ class Log(StreamSetup):
                 await nc.close()
                 raise
         return log
+
+    async def ensure_stream(
+        self, *, replicas: int = 1, lease_ttl: float = 30.0, wait: float = 10.0
+    ) -> None:
+        """Create jetlane's streams or check that they fit (see ``StreamSetup``)."""
+        self._lease_replicas = replicas
+        self.lease_ttl = await self.streams.ensure_stream(
+            replicas=replicas, lease_ttl=lease_ttl, wait=wait
+        )
+
+    async def runner_consumer(self, *, ack_wait: float, max_ack_pending: int) -> None:
+        """Create (or update) the runner pool's shared pull consumer on every inbox."""
+        await self.streams.runner_consumer(ack_wait=ack_wait, max_ack_pending=max_ack_pending)
+
+    async def consumer_pending(self) -> int:
+        """Deliveries waiting plus in flight on the runners' consumer."""
+        return await self.streams.consumer_pending()
 
     @property
     def connected(self) -> bool:
@@ -427,7 +445,9 @@ class Log(StreamSetup):
             return await self._publish(subject, holder.encode(), headers)
         except NoStream:
             # The lease stream is gone (deleted, or lost with a server's state): heal it.
-            await self._ensure_lease_stream(self._lease_replicas, self.lease_ttl)
+            self.lease_ttl = await self.streams.ensure_lease_stream(
+                self._lease_replicas, self.lease_ttl
+            )
             return await self._publish(subject, holder.encode(), headers)
 
     # -- reading --------------------------------------------------------------

@@ -1,9 +1,10 @@
 """Stream set-up: create jetlane's streams and consumer, or check the ones that exist.
 
-A mixin of ``Log`` (which provides the connection, names and retry state): it
-is the part of the log that runs once per process, kept apart from the hot
-paths. An existing stream with settings jetlane cannot use is a clear
-``StreamMismatch``, never a silent change.
+``StreamSetup`` is composed into ``Log`` (not a base class of it): the part
+that runs once per process, kept apart from the hot paths. It owns no state
+of the log's; it returns what it finds (the lease TTL in force). An existing
+stream with settings jetlane cannot use is a clear ``StreamMismatch``, never
+a silent change.
 """
 
 from __future__ import annotations
@@ -33,15 +34,16 @@ from ._names import Names
 
 
 class StreamSetup:
-    js: Any
-    names: Names
-    lease_ttl: float
-    _errors: _Errors
-    _lease_replicas: int
+    """Creates or checks the streams of ``names`` through ``js``."""
+
+    def __init__(self, js: Any, names: Names, errors: _Errors) -> None:
+        self.js = js
+        self.names = names
+        self.errors = errors
 
     async def ensure_stream(
         self, *, replicas: int = 1, lease_ttl: float = 30.0, wait: float = 10.0
-    ) -> None:
+    ) -> float:
         """Create the streams (runs, timers, leases, index) or check that they fit.
 
         Durable timers are message schedules in a stream of their own that fire
@@ -82,7 +84,7 @@ class StreamSetup:
             ],
         )
         await self._create_or_check(runs, wait, self._check)
-        await self._ensure_lease_stream(replicas, lease_ttl)
+        lease_ttl = await self.ensure_lease_stream(replicas, lease_ttl)
         if await self._stream_info(self.names.waiting_stream) is None:
             await self._add_last_value_stream(
                 self.names.waiting_stream, f"{self.names.prefix}.waiting.*", replicas
@@ -91,6 +93,7 @@ class StreamSetup:
             await self._add_last_value_stream(
                 self.names.index_stream, f"{self.names.prefix}.index.*", replicas
             )
+        return lease_ttl
 
     async def _create_or_check(
         self, wanted: StreamConfig, wait: float, check: Callable[[StreamConfig], None]
@@ -124,16 +127,15 @@ class StreamSetup:
                 + ". Fix it with `nats stream edit` or use another stream name."
             )
 
-    async def _ensure_lease_stream(self, replicas: int, lease_ttl: float) -> None:
-        self._lease_replicas = replicas
+    async def ensure_lease_stream(self, replicas: int, lease_ttl: float) -> float:
+        """Create the lease stream if absent; the lease TTL in force."""
         info = await self._stream_info(self.names.lease_stream)
         if info is not None:
-            self.lease_ttl = info.config.max_age or lease_ttl
-            return
-        self.lease_ttl = lease_ttl
+            return float(info.config.max_age or lease_ttl)
         await self._add_last_value_stream(
             self.names.lease_stream, f"{self.names.prefix}.lease.*", replicas, max_age=lease_ttl
         )
+        return lease_ttl
 
     async def _add_last_value_stream(
         self, name: str, subject: str, replicas: int, *, max_age: float | None = None
@@ -166,9 +168,9 @@ class StreamSetup:
             try:
                 return await op()
             except (nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError) as exc:
-                if self._errors.last is not None:
+                if self.errors.last is not None:
                     raise JetlaneError(
-                        f"NATS refused a JetStream call: {self._errors.last}; "
+                        f"NATS refused a JetStream call: {self.errors.last}; "
                         "grant the user the JetStream API subjects jetlane needs (README)"
                     ) from exc
                 if asyncio.get_running_loop().time() > deadline:
@@ -199,8 +201,9 @@ class StreamSetup:
             problems.append("max_msgs_per_subject is limited (a run's history would be cut)")
         self._mismatch(self.names.stream, problems)
 
-    async def runner_consumer(self, *, ack_wait: float, max_ack_pending: int) -> Any:
-        """The runner pool's shared durable pull consumer on every run's inbox."""
+    async def runner_consumer(self, *, ack_wait: float, max_ack_pending: int) -> None:
+        """Create (or update) the runner pool's shared durable pull consumer on every
+        run's inbox; runners pull it with ``Puller``."""
         config = ConsumerConfig(
             durable_name=self.names.consumer,
             filter_subject=self.names.all_inboxes,
@@ -211,9 +214,6 @@ class StreamSetup:
             max_ack_pending=max_ack_pending,
         )
         await self._retry(lambda: self.js.add_consumer(self.names.stream, config), 10.0)
-        return await self.js.pull_subscribe_bind(
-            durable=self.names.consumer, stream=self.names.stream
-        )
 
     async def consumer_pending(self) -> int:
         """Deliveries waiting plus in flight on the runners' consumer."""
