@@ -19,6 +19,7 @@ CORE = {
     "_history",
     "_decisions",
     "_replay",
+    "_recorded",
     "_context",
     "_steps",
     "_definition",

@@ -28,7 +28,6 @@ import contextlib
 import contextvars
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -51,7 +50,7 @@ from ._decisions import Unschedule as Unschedule
 from ._decisions import timer_token as timer_token
 from ._decisions import typed_result
 from ._definition import DEFAULT_RETRY, Job, RetryPolicy
-from ._determinism import ADVICE, ATOM_CALL, Diverged, atom_of, base_name
+from ._determinism import ADVICE, ATOM_CALL, Diverged, base_name
 from ._durations import format_time, parse_time
 from ._errors import (
     ConfigError,
@@ -63,6 +62,7 @@ from ._errors import (
     StepFailed,
     describe,
 )
+from ._recorded import Recorded
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024 - 16 * 1024
 # A recorded error message is cut to this many characters: an exception's text is
@@ -75,12 +75,6 @@ current: contextvars.ContextVar[Replay] = contextvars.ContextVar("jetlane_replay
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass
-class _Step:
-    atom: str
-    entries: list[Any] = field(default_factory=list)
 
 
 class Replay:
@@ -104,27 +98,12 @@ class Replay:
         self.entropy = entropy
         self.max_payload = max_payload
         self.outbox: list[Effect] = []
-        self.last_seq = 0
-        self.out_seq = 0
-        self.inputs = 0  # input messages ingested so far
-        self.start: h.Start | None = None
-        self.terminal: h.RunCompleted | h.RunFailed | h.RunCancelled | None = None
-        self.last_entry: Any = None
+        self.recorded = Recorded()
         self.current_step: str | None = None
-        self._order: list[str] = []
-        self._steps: dict[str, _Step] = {}
-        self._values: list[Any] = []
         self._value_pos = 0
         self._new_values: list[Any] = []
-        self._events: list[tuple[int, h.Event]] = []
-        self._event_at: dict[int, h.Event] = {}
-        self._consumed: set[int] = set()
-        self._timers: dict[str, int] = {}
-        self._cancel: tuple[int, h.Cancel] | None = None
-        self.paused = False
         self._held: Execute | None = None
         self._armed: set[str] = set()
-        self._has_timers = False  # any timer_set seen or emitted: a finish purges timers
         self._swept = False
         self._occurrences: dict[str, int] = {}
         self._atoms = 0
@@ -140,54 +119,44 @@ class Replay:
 
     def ingest(self, msg: h.Message) -> None:
         """Apply one message of the run's history (in stream order; duplicates ignored)."""
-        if msg.direction == "out":
-            if msg.seq <= self.out_seq:
-                return
-            self.out_seq = msg.seq
-            self._apply(msg.body)
-        elif msg.seq > self.last_seq:
-            self.inputs += 1
-            body = msg.body
-            if isinstance(body, h.Start):
-                if self.start is None:
-                    self.start = body
-            elif isinstance(body, h.Event):
-                self._events.append((msg.seq, body))
-                self._event_at[msg.seq] = body
-            elif isinstance(body, h.Timer):
-                self._timers.setdefault(body.timer, msg.seq)
-            elif isinstance(body, h.Cancel) and self._cancel is None:
-                self._cancel = (msg.seq, body)
-            elif isinstance(body, h.Pause | h.Resume):
-                self.paused = isinstance(body, h.Pause)
-        self.last_seq = max(self.last_seq, msg.seq)
+        self.recorded.ingest(msg)
 
     def appended(self, seq: int) -> None:
         """The driver wrote the next outbox entry; it now sits at ``seq``."""
-        self.out_seq = seq
-        self.last_seq = max(self.last_seq, seq)
+        self.recorded.appended(seq)
 
-    def _apply(self, body: Any) -> None:
-        self.last_entry = body
-        atom = atom_of(body)
-        if atom is not None:
-            step = self._steps.get(body.step)
-            if step is None:
-                step = self._steps[body.step] = _Step(atom)
-                self._order.append(body.step)
-            step.entries.append(body)
-            if isinstance(body, h.TimerSet):
-                self._has_timers = True
-            if isinstance(body, h.EventReceived | h.WaitTimedOut) and body.input_seq is not None:
-                self._consumed.add(body.input_seq)
-        elif isinstance(body, h.ValuesRecorded):
-            self._values.extend(body.values)
-        elif isinstance(body, h.RunCompleted | h.RunFailed | h.RunCancelled):
-            self.terminal = body
+    # What drivers read of the history.
+    @property
+    def last_seq(self) -> int:
+        return self.recorded.last_seq
+
+    @last_seq.setter
+    def last_seq(self, seq: int) -> None:
+        self.recorded.last_seq = seq
+
+    @property
+    def out_seq(self) -> int:
+        return self.recorded.out_seq
+
+    @property
+    def inputs(self) -> int:
+        return self.recorded.inputs
+
+    @property
+    def paused(self) -> bool:
+        return self.recorded.paused
+
+    @property
+    def terminal(self) -> h.RunCompleted | h.RunFailed | h.RunCancelled | None:
+        return self.recorded.terminal
+
+    @property
+    def start(self) -> h.Start | None:
+        return self.recorded.start
 
     def _emit(self, body: h.Journal) -> None:
         self._record_values()
-        self._apply(body)
+        self.recorded.apply(body)
         self.outbox.append(Append(body))
 
     def _record_values(self) -> None:
@@ -195,7 +164,7 @@ class Replay:
         for at in range(0, len(new), VALUES_PER_ENTRY):
             # Chunked: a loop of ctx.uuid() calls must not make one entry too big to append.
             values = h.ValuesRecorded(values=new[at : at + VALUES_PER_ENTRY])
-            self._apply(values)
+            self.recorded.apply(values)
             self.outbox.append(Append(values))
 
     def _schedule(self, step: str, purpose: str, attempt: int, fire_at: datetime) -> str:
@@ -208,7 +177,7 @@ class Replay:
 
     @property
     def cancel_pending(self) -> bool:
-        return self._cancel is not None and self.terminal is None
+        return self.recorded.cancel is not None and self.terminal is None
 
     async def next(self, reply: Any = None) -> Decision:
         """Resume the handler (answering the last decision) until its next decision.
@@ -218,7 +187,7 @@ class Replay:
         Pausing only changes *when* decisions happen, never *what* they are (those
         follow stream order), so replays agree with the live run.
         """
-        if self.terminal is None and self._cancel is None and self._blocked is None:
+        if self.terminal is None and self.recorded.cancel is None and self._blocked is None:
             if self._held is not None:
                 if self.paused:
                     return self._paused_park()
@@ -247,10 +216,10 @@ class Replay:
         stored; the driver takes the cancel in when the fence refuses an append.
         A cancel stored before the run's end is written wins.
         """
-        if self._cancel is None or not isinstance(body, h.RunCompleted | h.RunFailed):
+        if self.recorded.cancel is None or not isinstance(body, h.RunCompleted | h.RunFailed):
             return body
-        cancelled = _cancelled(*self._cancel)
-        self.terminal = cancelled
+        cancelled = _cancelled(*self.recorded.cancel)
+        self.recorded.terminal = cancelled
         return cancelled
 
     def outdated(self, body: h.Journal) -> bool:
@@ -262,22 +231,22 @@ class Replay:
         """
         if not isinstance(body, h.WaitTimedOut):
             return False
-        return any(e.type == body.type and s not in self._consumed for s, e in self._events)
+        return self.recorded.next_event(body.type) is not None
 
     def fired(self, token: str) -> bool:
         """Whether a timer input for ``token`` is in the inbox (it wakes; time decides)."""
-        return token in self._timers
+        return self.recorded.fired(token)
 
     async def _next(self, reply: Any = None) -> Decision:
         if self.terminal is not None:
-            if self._has_timers and not self._swept:
+            if self.recorded.has_timers and not self._swept:
                 # Found ended by a replay: the purge after the terminal entry may have
                 # failed in the session that wrote it. Purging twice is harmless.
                 self._swept = True
                 self.outbox.append(Unschedule("*"))
             return Finished(self.terminal)
-        if self._cancel is not None:
-            return self._cancel_now(*self._cancel)
+        if self.recorded.cancel is not None:
+            return self._cancel_now(*self.recorded.cancel)
         if self._blocked is not None:
             # The handler is gone; asking again gets the same answer, not a crash.
             return self._blocked
@@ -295,11 +264,11 @@ class Replay:
             try:
                 value = self.job.convert_input(self.start.input)
             except InputError as exc:
-                if self._order:
+                if self.recorded.order:
                     # The history proves an earlier version took this input: the
                     # input type changed under a running run.
                     return self._block(
-                        self._order[0], f"{exc}, but the history records steps" + ADVICE
+                        self.recorded.order[0], f"{exc}, but the history records steps" + ADVICE
                     )
                 return self._finish(h.RunFailed(error=_info(exc)))
             ctx = contextvars.copy_context()
@@ -367,13 +336,13 @@ class Replay:
         except BaseException as exc:
             # Exception, and also SystemExit/KeyboardInterrupt raised by handler code:
             # the run must get a decision, or its session would wait forever.
-            if self._atoms < len(self._order):
+            if self._atoms < len(self.recorded.order):
                 # Deterministic code cannot raise where it once went on: the code changed.
                 self._wake_with(self._diverged(f"raised {type(exc).__name__}: {exc}"))
                 return
             self._wake_with(self._finish(h.RunFailed(error=_info(exc))))
             return
-        if self._atoms < len(self._order):
+        if self._atoms < len(self.recorded.order):
             self._wake_with(self._diverged("returned"))
             return
         try:
@@ -404,7 +373,7 @@ class Replay:
 
     def _finish(self, entry: h.RunCompleted | h.RunFailed | h.RunCancelled) -> Finished:
         self._emit(entry)
-        if self._has_timers:
+        if self.recorded.has_timers:
             self._swept = True
             self.outbox.append(Unschedule("*"))
         return Finished(entry)
@@ -415,11 +384,11 @@ class Replay:
 
     def _diverged(self, what: str) -> Blocked:
         """The handler ended (``what``) before the steps the history records."""
-        step = self._order[self._atoms]
+        step = self.recorded.order[self._atoms]
         return self._block(
             step,
             f"the handler {what}, but the history records "
-            f"{ATOM_CALL[self._steps[step].atom]}({base_name(step)!r}) as step "
+            f"{ATOM_CALL[self.recorded.steps[step].atom]}({base_name(step)!r}) as step "
             f"#{self._atoms + 1} ({step!r})" + ADVICE,
         )
 
@@ -429,7 +398,7 @@ class Replay:
         # Values read by code that does not match the history must not be
         # replayed into the compatible code that resumes the run.
         self._new_values = []
-        last = self.last_entry
+        last = self.recorded.last_entry
         if not (
             isinstance(last, h.RunBlocked) and last.step == step and last.error.type == info.type
         ):
@@ -456,9 +425,9 @@ class Replay:
         step = name if count == 1 else f"{name}#{count}"
         index = self._atoms
         self._atoms += 1
-        if index < len(self._order):
-            recorded = self._order[index]
-            rec_atom = self._steps[recorded].atom
+        if index < len(self.recorded.order):
+            recorded = self.recorded.order[index]
+            rec_atom = self.recorded.steps[recorded].atom
             if (recorded, rec_atom) != (step, atom):
                 raise Diverged(
                     step,
@@ -483,8 +452,8 @@ class Replay:
                 "await step.do('charge', lambda: charge(key))"
             )
         index = self._value_pos
-        if index < len(self._values):
-            recorded = self._values[index]
+        if index < len(self.recorded.values):
+            recorded = self.recorded.values[index]
         else:
             recorded = make()
             self._new_values.append(recorded)
@@ -492,7 +461,9 @@ class Replay:
         try:
             return parse(recorded)
         except (TypeError, ValueError):
-            step = self.current_step or (self._order[0] if self._order else "(start)")
+            step = self.current_step or (
+                self.recorded.order[0] if self.recorded.order else "(start)"
+            )
             raise Diverged(
                 step,
                 f"recorded value #{index + 1} is {recorded!r}, which {call} did not make; "
@@ -536,13 +507,7 @@ class Replay:
             await self._request(Checkpoint())
 
     def _last_outcome(self, step: str) -> Any:
-        record = self._steps.get(step)
-        if record is None:
-            return None
-        for entry in reversed(record.entries):
-            if isinstance(entry, h.StepCompleted | h.StepFailed):
-                return entry
-        return None
+        return self.recorded.last_outcome(step)
 
     def _record(self, step: str, attempt: int, outcome: Outcome, policy: RetryPolicy) -> None:
         error = outcome.error
@@ -585,8 +550,7 @@ class Replay:
         step = self.enter(name, "sleep")
         token = timer_token(step, "sleep", 1)
         while True:
-            record = self._steps.get(step)
-            entries = record.entries if record is not None else []
+            entries = self.recorded.entries(step)
             if any(isinstance(e, h.SleepCompleted) for e in entries):
                 return
             timer_set = next((e for e in entries if isinstance(e, h.TimerSet)), None)
@@ -611,8 +575,7 @@ class Replay:
         step = self.enter(name, "wait")
         token = timer_token(step, "wait_timeout", 1)
         while True:
-            record = self._steps.get(step)
-            entries = record.entries if record is not None else []
+            entries = self.recorded.entries(step)
             started: h.WaitStarted | None = None
             for entry in entries:
                 if isinstance(entry, h.EventReceived):
@@ -621,9 +584,7 @@ class Replay:
                     raise EventTimeout(step, type)
                 if isinstance(entry, h.WaitStarted):
                     started = entry
-            event_seq = next(
-                (s for s, e in self._events if e.type == type and s not in self._consumed), None
-            )
+            event_seq = self.recorded.next_event(type)
             if event_seq is not None:
                 # An event stored before the runner decides wins, even at the deadline.
                 self._emit(h.EventReceived(step=step, type=type, input_seq=event_seq))
@@ -646,7 +607,7 @@ class Replay:
 
     def _payload(self, step: str, seq: int) -> Any:
         """The payload of the event a wait took; one over the size limit fails the step."""
-        payload = self._event_at[seq].payload
+        payload = self.recorded.event_at[seq].payload
         size = len(msgspec.json.encode(payload))
         if size > self.max_payload:
             # Decided from the log alone, so a replay raises the same error again.

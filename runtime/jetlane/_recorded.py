@@ -1,0 +1,115 @@
+"""What a run's history records: the state replay reads, and lookups over it (pure, sync).
+
+``Replay`` drives the handler; everything it asks of the history ("what did
+step X record last?", "which event of type T is next?", "was a cancel
+stored?") is answered here from the messages ingested so far, with no
+asyncio, no I/O and no clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _history as h
+from ._determinism import atom_of
+
+
+@dataclass
+class StepRecord:
+    """One step's journal entries, in order, and the atom that made them."""
+
+    atom: str
+    entries: list[Any] = field(default_factory=list)
+
+
+class Recorded:
+    """A run's history as ingested: steps in call order, values, inputs, controls."""
+
+    def __init__(self) -> None:
+        self.last_seq = 0  # the last sequence seen, inputs and journal together
+        self.out_seq = 0  # the last journal sequence seen
+        self.inputs = 0  # input messages ingested so far
+        self.start: h.Start | None = None
+        self.terminal: h.RunCompleted | h.RunFailed | h.RunCancelled | None = None
+        self.last_entry: Any = None
+        self.order: list[str] = []  # step ids in the order the journal first names them
+        self.steps: dict[str, StepRecord] = {}
+        self.values: list[Any] = []
+        self.events: list[tuple[int, h.Event]] = []
+        self.event_at: dict[int, h.Event] = {}
+        self.consumed: set[int] = set()
+        self.timers: dict[str, int] = {}
+        self.cancel: tuple[int, h.Cancel] | None = None
+        self.paused = False
+        self.has_timers = False  # any timer_set seen or emitted: a finish purges timers
+
+    # -- feeding ----------------------------------------------------------------
+
+    def ingest(self, msg: h.Message) -> None:
+        """Apply one message of the run's history (in stream order; duplicates ignored)."""
+        if msg.direction == "out":
+            if msg.seq <= self.out_seq:
+                return
+            self.out_seq = msg.seq
+            self.apply(msg.body)
+        elif msg.seq > self.last_seq:
+            self.inputs += 1
+            body = msg.body
+            if isinstance(body, h.Start):
+                if self.start is None:
+                    self.start = body
+            elif isinstance(body, h.Event):
+                self.events.append((msg.seq, body))
+                self.event_at[msg.seq] = body
+            elif isinstance(body, h.Timer):
+                self.timers.setdefault(body.timer, msg.seq)
+            elif isinstance(body, h.Cancel) and self.cancel is None:
+                self.cancel = (msg.seq, body)
+            elif isinstance(body, h.Pause | h.Resume):
+                self.paused = isinstance(body, h.Pause)
+        self.last_seq = max(self.last_seq, msg.seq)
+
+    def appended(self, seq: int) -> None:
+        """The next journal entry was written at ``seq``."""
+        self.out_seq = seq
+        self.last_seq = max(self.last_seq, seq)
+
+    def apply(self, body: Any) -> None:
+        """Take in one journal entry (read back, or just decided)."""
+        self.last_entry = body
+        atom = atom_of(body)
+        if atom is not None:
+            step = self.steps.get(body.step)
+            if step is None:
+                step = self.steps[body.step] = StepRecord(atom)
+                self.order.append(body.step)
+            step.entries.append(body)
+            if isinstance(body, h.TimerSet):
+                self.has_timers = True
+            if isinstance(body, h.EventReceived | h.WaitTimedOut) and body.input_seq is not None:
+                self.consumed.add(body.input_seq)
+        elif isinstance(body, h.ValuesRecorded):
+            self.values.extend(body.values)
+        elif isinstance(body, h.RunCompleted | h.RunFailed | h.RunCancelled):
+            self.terminal = body
+
+    # -- lookups ----------------------------------------------------------------
+
+    def entries(self, step: str) -> list[Any]:
+        record = self.steps.get(step)
+        return record.entries if record is not None else []
+
+    def last_outcome(self, step: str) -> h.StepCompleted | h.StepFailed | None:
+        for entry in reversed(self.entries(step)):
+            if isinstance(entry, h.StepCompleted | h.StepFailed):
+                return entry
+        return None
+
+    def next_event(self, type: str) -> int | None:
+        """The sequence of the earliest event of ``type`` no wait has taken."""
+        return next((s for s, e in self.events if e.type == type and s not in self.consumed), None)
+
+    def fired(self, token: str) -> bool:
+        """Whether a timer input for ``token`` is in the inbox (it wakes; time decides)."""
+        return token in self.timers
