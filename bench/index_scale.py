@@ -22,8 +22,8 @@ from nats.js.api import PubAck
 
 from jetlane import Client, ConnectOptions, Log, Names
 from jetlane import wire as h
+from jetlane._core.status import RunStatus
 from jetlane._index import record
-from jetlane._status import RunStatus
 from jetlane.embedded import EmbeddedNats
 
 T = TypeVar("T")

@@ -19,8 +19,8 @@ import sys
 from typing import Any
 
 from jetlane import Client, ConnectOptions, Log, Runner, RunnerConfig, RunStatus
-from jetlane._cli_render import Printer, short, status_text, want_json
-from jetlane._cli_serve import configure_logging, load_jobs
+from jetlane.cli.render import Printer, short, status_text, want_json
+from jetlane.cli.serve import configure_logging, load_jobs
 from jetlane.embedded import EmbeddedNats
 
 DEPLOY_ID, APPROVAL_ID = "deploy-1", "approval-1"

@@ -18,10 +18,9 @@ from typing import Any
 import msgspec
 
 from jetlane import wire as h
-from jetlane._definition import Job, define_job
-from jetlane._drive import Driver as DriveLoop
-from jetlane._errors import FenceLost
-from jetlane._replay import (
+from jetlane._core.definition import Job, define_job
+from jetlane._core.errors import FenceLost
+from jetlane._core.replay import (
     Append,
     Blocked,
     Decision,
@@ -33,6 +32,7 @@ from jetlane._replay import (
     Schedule,
     Unschedule,
 )
+from jetlane._drive import Driver as DriveLoop
 from jetlane.testing import MemoryStore, acknowledged, run_step
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)

@@ -9,8 +9,8 @@ import pytest
 
 from jetlane import Context, EventTimeout, define_job, step
 from jetlane import wire as h
+from jetlane._core.replay import Finished, Park, Replay
 from jetlane._drive import Driver, Outdated
-from jetlane._replay import Finished, Park, Replay
 from jetlane.testing import MemoryStore, VirtualClock, run_step
 
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jetlane import ConfigError, RetryPolicy
-from jetlane._durations import format_time, parse_time, to_seconds, utc
+from jetlane._core.durations import format_time, parse_time, to_seconds, utc
 
 
 @pytest.mark.parametrize(

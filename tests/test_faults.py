@@ -167,7 +167,7 @@ async def test_server_restart_timers_fire_after_outage(
 
 
 def h_parse(text: str) -> float:
-    from jetlane._durations import parse_time
+    from jetlane._core.durations import parse_time
 
     return parse_time(text).timestamp()
 

@@ -17,8 +17,8 @@ import msgspec
 
 from jetlane import Context, RetryPolicy, step
 from jetlane import wire as h
-from jetlane._replay import Append, Finished, Park, Replay
-from jetlane._status import summarize
+from jetlane._core.replay import Append, Finished, Park, Replay
+from jetlane._core.status import summarize
 
 from .replay_driver import FakeClock, entropy, job_of, plain
 

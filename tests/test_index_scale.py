@@ -18,9 +18,9 @@ import pytest
 from nats.js.api import PubAck
 
 from jetlane import Client, Log, Names
+from jetlane._core.status import RunStatus
 from jetlane._index import RunIndex, _Best, record
-from jetlane._scan import subjects
-from jetlane._status import RunStatus
+from jetlane._nats.scan import subjects
 
 
 async def publish_all(log: Log, messages: Iterable[tuple[str, bytes]]) -> None:

@@ -8,7 +8,7 @@ from nats.js.api import StreamConfig
 
 from jetlane import ConnectOptions, JetlaneError, Log, Names, StreamMismatch
 from jetlane import wire as h
-from jetlane._log import BATCH, FenceLost
+from jetlane._nats.log import BATCH, FenceLost
 from jetlane.embedded import EmbeddedNats
 
 

@@ -28,7 +28,7 @@ from jetlane import (
     step,
 )
 from jetlane import wire as h
-from jetlane._durations import parse_time
+from jetlane._core.durations import parse_time
 from jetlane.embedded import EmbeddedNats
 
 from .helpers import StartRunner, eventually
@@ -550,7 +550,7 @@ async def _ended(client: Client, run_id: str) -> Any:
 
 
 async def test_bug17_the_puller_hands_each_message_on_as_it_arrives(log: Log) -> None:
-    from jetlane._pull import Puller
+    from jetlane._nats.pull import Puller
 
     await log.runner_consumer(ack_wait=5.0, max_ack_pending=100)
     handed: list[tuple[str, bool]] = []  # (subject, was the pull request still open?)

@@ -12,8 +12,8 @@ import pytest
 
 from jetlane import Context, NonRetryableError, RetryPolicy, StepFailed, step
 from jetlane import wire as h
-from jetlane._durations import format_time
-from jetlane._replay import Blocked, Finished, Park, Replay, timer_token
+from jetlane._core.durations import format_time
+from jetlane._core.replay import Blocked, Finished, Park, Replay, timer_token
 
 from .replay_driver import T0, Driver, FakeClock, entropy, job_of, of, plain, replay_fresh
 

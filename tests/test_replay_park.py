@@ -8,8 +8,8 @@ from typing import Any
 
 from jetlane import Context, EventTimeout, step
 from jetlane import wire as h
-from jetlane._durations import format_time
-from jetlane._replay import Execute, Finished, Park, timer_token
+from jetlane._core.durations import format_time
+from jetlane._core.replay import Execute, Finished, Park, timer_token
 
 from .replay_driver import T0, Driver, job_of, of, plain, replay_fresh
 

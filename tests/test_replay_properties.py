@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from jetlane import Context, EventTimeout, NonRetryableError, RetryPolicy, StepFailed, step
 from jetlane import wire as h
-from jetlane._replay import Blocked, Finished, Park
+from jetlane._core.replay import Blocked, Finished, Park
 
 from .replay_driver import Driver, job_of, replay_fresh
 

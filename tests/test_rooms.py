@@ -1,10 +1,10 @@
 """The rooms, pinned: which modules may import what (read from their source with ast).
 
-- Only the NATS room imports ``nats``; nats errors are translated there.
-- The pure core imports nothing of jetlane outside itself, and no network,
-  process or clock module.
-- The drive loop, runner, client, API and CLI reach NATS through the log's
-  methods, never through its connection (no ``.nc``, ``.js``).
+jetlane/_core/   pure: wire types, replay core, context, atoms, errors; no I/O, no nats
+jetlane/_nats/   the only importers of nats: connection, reply router, log, streams, pulls
+jetlane/         drive loop, runner, client, index, metrics, testing, wire, embedded
+jetlane/api/     the HTTP API, over the client
+jetlane/cli/     the command line, over the client (and a runner)
 """
 
 from __future__ import annotations
@@ -13,63 +13,62 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "runtime" / "jetlane"
-
-NATS_ROOM = {"_connection", "_log", "_router", "_streams", "_pull", "_scan"}
-CORE = {
-    "_history",
-    "_decisions",
-    "_replay",
-    "_recorded",
-    "_context",
-    "_steps",
-    "_definition",
-    "_status",
-    "_durations",
-    "_determinism",
-    "_errors",
-}
 NOT_IN_CORE = {"nats", "socket", "subprocess", "time", "threading", "concurrent"}
+PUBLIC_CONNECTION = {"ConnectOptions", "Names", "Log"}
 
 
 def modules() -> dict[str, ast.Module]:
-    return {p.stem: ast.parse(p.read_text(), str(p)) for p in sorted(PACKAGE.glob("*.py"))}
+    """Every module by its path under the package (``_core/replay``, ``_runner``, ...)."""
+    return {
+        str(p.relative_to(PACKAGE).with_suffix("")): ast.parse(p.read_text(), str(p))
+        for p in sorted(PACKAGE.rglob("*.py"))
+    }
 
 
-def imports(tree: ast.Module) -> tuple[set[str], set[str]]:
-    """(top-level packages imported absolutely, jetlane modules imported relatively)."""
-    absolute: set[str] = set()
-    relative: set[str] = set()
+def room(name: str) -> str:
+    return name.split("/")[0] if "/" in name else ""
+
+
+def imported(tree: ast.Module) -> list[tuple[int, str, list[str]]]:
+    """(level, module, names) of every import; absolute imports have level 0."""
+    found: list[tuple[int, str, list[str]]] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            absolute |= {alias.name.split(".")[0] for alias in node.names}
+            found += [(0, alias.name, []) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            if node.level == 0 and node.module is not None:
-                absolute.add(node.module.split(".")[0])
-            elif node.level == 1:
-                if node.module is None:
-                    relative |= {alias.name for alias in node.names}
-                else:
-                    relative.add(node.module.split(".")[0])
-    return absolute, relative
+            found.append((node.level, node.module or "", [a.name for a in node.names]))
+    return found
+
+
+def test_the_rooms_exist() -> None:
+    rooms = {room(name) for name in modules()}
+    assert {"_core", "_nats", "api", "cli", ""} <= rooms
 
 
 def test_only_the_nats_room_imports_nats() -> None:
-    importers = {name for name, tree in modules().items() if "nats" in imports(tree)[0]}
-    assert importers <= NATS_ROOM, importers - NATS_ROOM
+    importers = {
+        name
+        for name, tree in modules().items()
+        for level, module, _ in imported(tree)
+        if level == 0 and module.split(".")[0] == "nats"
+    }
+    assert importers and all(room(name) == "_nats" for name in importers), importers
 
 
-def test_the_core_stands_alone() -> None:
-    found = modules()
-    assert set(found) >= CORE, CORE - set(found)
-    for name in CORE:
-        absolute, relative = imports(found[name])
-        assert not absolute & NOT_IN_CORE, (name, absolute & NOT_IN_CORE)
-        assert relative <= CORE, (name, relative - CORE)
+def test_the_core_imports_only_itself_and_no_io() -> None:
+    for name, tree in modules().items():
+        if room(name) != "_core":
+            continue
+        for level, module, _ in imported(tree):
+            if level == 0:
+                assert module.split(".")[0] not in NOT_IN_CORE, (name, module)
+            else:
+                assert level == 1, (name, module, "reaches outside _core")
 
 
 def test_nobody_outside_the_nats_room_touches_the_connection() -> None:
     for name, tree in modules().items():
-        if name in NATS_ROOM:
+        if room(name) == "_nats":
             continue
         touched = {
             node.attr
@@ -79,6 +78,12 @@ def test_nobody_outside_the_nats_room_touches_the_connection() -> None:
         assert not touched, (name, touched)
 
 
-def test_the_drive_loop_does_not_know_nats() -> None:
-    _, relative = imports(modules()["_drive"])
-    assert not relative & NATS_ROOM, relative & NATS_ROOM
+def test_the_drive_loop_knows_no_nats_and_api_and_cli_go_through_the_client() -> None:
+    for name, tree in modules().items():
+        for _, module, names in imported(tree):
+            if "_nats" not in module.split("."):
+                continue
+            assert name != "_drive", module
+            if room(name) in ("api", "cli"):
+                # only the public connection objects (also jetlane.Log, jetlane.Names, ...)
+                assert set(names) <= PUBLIC_CONNECTION, (name, module, names)

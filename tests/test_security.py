@@ -41,8 +41,8 @@ from jetlane import (
     step,
 )
 from jetlane import wire as h
-from jetlane._connection import connect_nats
-from jetlane._durations import format_time
+from jetlane._core.durations import format_time
+from jetlane._nats.connection import connect_nats
 from jetlane.embedded import EmbeddedNats
 
 from .helpers import eventually

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from jetlane import wire as h
-from jetlane._status import RunStatus, Status, summarize
+from jetlane._core.status import RunStatus, Status, summarize
 
 ERR = h.ErrorInfo("RuntimeError", "boom")
 

@@ -11,10 +11,9 @@ from typing import Any
 
 import msgspec
 
-from . import _history as h
-from ._connection import ConnectOptions
-from ._definition import get_job
-from ._errors import (
+from ._core import history as h
+from ._core.definition import get_job
+from ._core.errors import (
     ConfigError,
     InputError,
     PayloadTooLarge,
@@ -22,11 +21,12 @@ from ._errors import (
     RunFailedError,
     RunNotFound,
 )
+from ._core.replay import DEFAULT_MAX_PAYLOAD
+from ._core.status import RunStatus, summarize
 from ._index import RunIndex
-from ._log import FenceLost, Log, NoResponders
-from ._names import Names
-from ._replay import DEFAULT_MAX_PAYLOAD
-from ._status import RunStatus, summarize
+from ._nats.connection import ConnectOptions
+from ._nats.log import FenceLost, Log, NoResponders
+from ._nats.names import Names
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,9 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, Protocol
 
-from . import _history as h
-from ._errors import FenceLost, JetlaneError
-from ._replay import (
+from ._core import history as h
+from ._core.errors import FenceLost, JetlaneError
+from ._core.replay import (
     Append,
     Blocked,
     Checkpoint,

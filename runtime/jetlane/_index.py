@@ -14,8 +14,8 @@ import heapq
 
 import msgspec
 
-from ._log import Log
-from ._status import RunStatus, summarize
+from ._core.status import RunStatus, summarize
+from ._nats.log import Log
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(RunStatus)

@@ -52,12 +52,11 @@ from typing import Any
 import msgspec
 import structlog
 
-from . import _history as h
-from ._context import Plugins
-from ._definition import Job, registry
-from ._drive import Driver, Handback, Outdated
-from ._durations import format_time
-from ._errors import (
+from ._core import history as h
+from ._core.context import Plugins
+from ._core.definition import Job, registry
+from ._core.durations import format_time
+from ._core.errors import (
     DecodeError,
     FenceLost,
     InputError,
@@ -65,11 +64,7 @@ from ._errors import (
     NonRetryableError,
     StepTimeout,
 )
-from ._index import record
-from ._log import Log
-from ._metrics import RunnerMetrics
-from ._pull import Delivery
-from ._replay import (
+from ._core.replay import (
     DEFAULT_MAX_PAYLOAD,
     Blocked,
     Execute,
@@ -78,7 +73,12 @@ from ._replay import (
     Park,
     Replay,
 )
-from ._status import RunStatus, summarize, update
+from ._core.status import RunStatus, summarize, update
+from ._drive import Driver, Handback, Outdated
+from ._index import record
+from ._metrics import RunnerMetrics
+from ._nats.log import Log
+from ._nats.pull import Delivery
 
 logger = structlog.get_logger("jetlane.runner")
 

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from ._errors import ConfigError, ConnectError
+from ._core.errors import ConfigError, ConnectError
 
 
 def server_binary() -> str:

@@ -36,12 +36,11 @@ from typing import Any
 
 import msgspec
 
-from . import _history as h
-from ._context import Plugins
-from ._definition import Job, registry
-from ._drive import Driver
-from ._durations import Duration, format_time, parse_time, to_seconds
-from ._errors import (
+from ._core import history as h
+from ._core.context import Plugins
+from ._core.definition import Job, registry
+from ._core.durations import Duration, format_time, parse_time, to_seconds
+from ._core.errors import (
     ConfigError,
     DecodeError,
     FenceLost,
@@ -51,8 +50,9 @@ from ._errors import (
     RunFailedError,
     RunNotFound,
 )
-from ._replay import Blocked, Execute, Finished, Outcome, Park, Replay
-from ._status import RunStatus, summarize
+from ._core.replay import Blocked, Execute, Finished, Outcome, Park, Replay
+from ._core.status import RunStatus, summarize
+from ._drive import Driver
 
 __all__ = [
     "Environment",

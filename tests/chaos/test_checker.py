@@ -11,7 +11,7 @@ import pytest
 
 from jetlane import Names
 from jetlane import wire as h
-from jetlane._durations import format_time
+from jetlane._core.durations import format_time
 
 from .checker import (
     CANCEL_PAUSE,

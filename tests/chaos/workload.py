@@ -28,7 +28,7 @@ import msgspec
 
 from jetlane import Client, Log, RunAlreadyExists
 from jetlane import wire as h
-from jetlane._log import FenceLost
+from jetlane._nats.log import FenceLost
 
 from .checker import Sent
 from .jobs import inv_budget

@@ -10,9 +10,9 @@ from typing import Any, Literal
 
 import msgspec
 
-from ._durations import Duration, to_seconds
-from ._errors import ConfigError, InputError
-from ._history import check_job_name
+from .durations import Duration, to_seconds
+from .errors import ConfigError, InputError
+from .history import check_job_name
 
 Backoff = Literal["constant", "linear", "exponential"]
 Handler = Callable[..., Awaitable[Any]]

@@ -37,11 +37,11 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import msgspec
 
-from ._errors import JetlaneError
+from .._core.errors import JetlaneError
 
 if TYPE_CHECKING:
-    from ._log import Log
-    from ._router import Batch
+    from .log import Log
+    from .router import Batch
 
 BATCH: Final = 1000
 OVERLAP: Final = 1000

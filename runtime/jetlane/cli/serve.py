@@ -25,14 +25,14 @@ from urllib.parse import urlsplit
 
 import structlog
 
-from ._client import Client
-from ._connection import ConnectOptions
-from ._definition import Job, registry
-from ._errors import ConfigError, ConnectError
-from ._log import Log
-from ._metrics import serve_ops
-from ._names import Names
-from ._runner import Runner, RunnerConfig
+from .._client import Client
+from .._core.definition import Job, registry
+from .._core.errors import ConfigError, ConnectError
+from .._metrics import serve_ops
+from .._nats.connection import ConnectOptions
+from .._nats.log import Log
+from .._nats.names import Names
+from .._runner import Runner, RunnerConfig
 
 
 @dataclass(frozen=True)
@@ -214,7 +214,7 @@ async def serve(
                 ready=lambda: runner.ready.is_set() and log.connected,
             )
         if api is not None and api[1]:
-            from .api import api_server
+            from ..api import api_server
 
             api_log = await Log.open(options, names, setup=False)
             api_server_ = api_server(Client(api_log), api[0], api[1])

@@ -20,8 +20,8 @@ from rich.console import Console
 from rich.status import Status as Spinner
 from rich.text import Text
 
-from . import _history as h
-from ._status import RunStatus, summarize
+from .._core import history as h
+from .._core.status import RunStatus, summarize
 
 STYLES = {
     "start": "bold cyan",

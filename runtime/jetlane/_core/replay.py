@@ -34,25 +34,25 @@ from typing import Any
 import msgspec
 import structlog
 
-from . import _history as h
-from ._decisions import Append as Append
-from ._decisions import Blocked as Blocked
-from ._decisions import Checkpoint as Checkpoint
-from ._decisions import Decision as Decision
-from ._decisions import Effect as Effect
-from ._decisions import Execute as Execute
-from ._decisions import Finished as Finished
-from ._decisions import Outcome as Outcome
-from ._decisions import Park as Park
-from ._decisions import Schedule as Schedule
-from ._decisions import TimerSpec as TimerSpec
-from ._decisions import Unschedule as Unschedule
-from ._decisions import timer_token as timer_token
-from ._decisions import typed_result
-from ._definition import DEFAULT_RETRY, Job, RetryPolicy
-from ._determinism import ADVICE, ATOM_CALL, Diverged, base_name
-from ._durations import format_time, parse_time
-from ._errors import (
+from . import history as h
+from .decisions import Append as Append
+from .decisions import Blocked as Blocked
+from .decisions import Checkpoint as Checkpoint
+from .decisions import Decision as Decision
+from .decisions import Effect as Effect
+from .decisions import Execute as Execute
+from .decisions import Finished as Finished
+from .decisions import Outcome as Outcome
+from .decisions import Park as Park
+from .decisions import Schedule as Schedule
+from .decisions import TimerSpec as TimerSpec
+from .decisions import Unschedule as Unschedule
+from .decisions import timer_token as timer_token
+from .decisions import typed_result
+from .definition import DEFAULT_RETRY, Job, RetryPolicy
+from .determinism import ADVICE, ATOM_CALL, Diverged, base_name
+from .durations import format_time, parse_time
+from .errors import (
     ConfigError,
     EventTimeout,
     InputError,
@@ -62,7 +62,7 @@ from ._errors import (
     StepFailed,
     describe,
 )
-from ._recorded import Recorded
+from .recorded import Recorded
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024 - 16 * 1024
 # A recorded error message is cut to this many characters: an exception's text is
@@ -90,7 +90,7 @@ class Replay:
         plugins: Any = None,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
     ) -> None:
-        from ._context import Context
+        from .context import Context
 
         self.job = job
         self.run_id = run_id

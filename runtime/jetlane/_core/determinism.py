@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _history as h
+from . import history as h
 
 
 class Diverged(BaseException):

@@ -34,16 +34,16 @@ from nats.js.api import (
     DeliverPolicy,
 )
 
-from . import _history as h
-from ._connection import ConnectOptions, _Errors, connect_nats
-from ._durations import format_time
-from ._errors import DecodeError, JetlaneError
-from ._errors import FenceLost as FenceLost
-from ._names import Names
-from ._pull import Delivery, Puller
-from ._router import ReplyRouter
-from ._scan import Value, last_values, subjects
-from ._streams import StreamSetup
+from .._core import history as h
+from .._core.durations import format_time
+from .._core.errors import DecodeError, JetlaneError
+from .._core.errors import FenceLost as FenceLost
+from .connection import ConnectOptions, _Errors, connect_nats
+from .names import Names
+from .pull import Delivery, Puller
+from .router import ReplyRouter
+from .scan import Value, last_values, subjects
+from .streams import StreamSetup
 
 BATCH: Final = 1000
 WRONG_LAST_SEQUENCE: Final = 10071

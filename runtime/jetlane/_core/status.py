@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from . import _history as h
+from . import history as h
 
 Status = Literal[
     "queued",

@@ -16,8 +16,7 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ._api_schema import ErrorBody, ErrorDetail
-from ._errors import (
+from .._core.errors import (
     ConfigError,
     ConnectError,
     InputError,
@@ -25,6 +24,7 @@ from ._errors import (
     RunAlreadyExists,
     RunNotFound,
 )
+from .schema import ErrorBody, ErrorDetail
 
 logger = structlog.get_logger("jetlane.api")
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from ._client import Client
+from .._client import Client
 
 OpenClient = Callable[..., AbstractAsyncContextManager[Client]]
 
@@ -55,7 +55,7 @@ def add_commands(
 
 
 async def cmd_api(args: argparse.Namespace, open_client: OpenClient) -> int:
-    from .api import api_server
+    from ..api import api_server
 
     async with open_client(args, long_lived=True) as client:
         server = api_server(

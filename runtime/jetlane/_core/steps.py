@@ -6,10 +6,10 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, TypeVar, overload
 
-from ._definition import RetryPolicy
-from ._durations import Duration, to_seconds, utc
-from ._errors import ConfigError
-from ._replay import Replay, current
+from .definition import RetryPolicy
+from .durations import Duration, to_seconds, utc
+from .errors import ConfigError
+from .replay import Replay, current
 
 T = TypeVar("T")
 

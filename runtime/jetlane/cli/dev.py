@@ -11,12 +11,12 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-from ._cli_serve import Loaded, serve
-from ._connection import ConnectOptions
-from ._errors import ConfigError
-from ._names import Names
-from ._runner import Runner, RunnerConfig
-from .embedded import EmbeddedNats
+from .._core.errors import ConfigError
+from .._nats.connection import ConnectOptions
+from .._nats.names import Names
+from .._runner import Runner, RunnerConfig
+from ..embedded import EmbeddedNats
+from .serve import Loaded, serve
 
 
 def _check_port(port: int) -> None:

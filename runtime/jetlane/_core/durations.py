@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
-from ._errors import ConfigError
+from .errors import ConfigError
 
 Duration = str | int | float | timedelta
 

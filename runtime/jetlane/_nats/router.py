@@ -21,8 +21,8 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from ._connection import _Connection
-from ._errors import JetlaneError
+from .._core.errors import JetlaneError
+from .connection import _Connection
 
 
 @dataclass

@@ -25,9 +25,12 @@ import msgspec
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
-from . import _history as h
-from ._api_errors import ApiError, json_response, logger
-from ._api_schema import (
+from .._client import Client
+from .._core import history as h
+from .._core.errors import ConfigError, PayloadTooLarge
+from .._core.status import Status
+from .errors import ApiError, json_response, logger
+from .schema import (
     CancelAccepted,
     CancelRequest,
     ControlAccepted,
@@ -39,9 +42,6 @@ from ._api_schema import (
     StartRequest,
     StartResponse,
 )
-from ._client import Client
-from ._errors import ConfigError, PayloadTooLarge
-from ._status import Status
 
 T = TypeVar("T")
 

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import msgspec
 
-from ._errors import ConfigError, DecodeError
+from .errors import ConfigError, DecodeError
 
 VERSION: Final = "1"
 KIND_HEADER: Final = "Jetlane-Kind"

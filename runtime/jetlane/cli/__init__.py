@@ -21,18 +21,18 @@ from typing import Any
 
 import msgspec
 
-from . import _history as h
-from ._cli_ops import add_commands as add_ops_commands
-from ._cli_ops import cmd_api as _cmd_api
-from ._cli_ops import cmd_runs as _cmd_runs
-from ._cli_render import Printer, want_json
-from ._cli_serve import configure_logging, load_jobs, probe, serve
-from ._client import Client, connect
-from ._connection import ConnectOptions
-from ._errors import ConfigError, InputError, JetlaneError, PayloadTooLarge
-from ._names import Names
-from ._runner import Runner, RunnerConfig
-from ._status import summarize
+from .._client import Client, connect
+from .._core import history as h
+from .._core.errors import ConfigError, InputError, JetlaneError, PayloadTooLarge
+from .._core.status import summarize
+from .._nats.connection import ConnectOptions
+from .._nats.names import Names
+from .._runner import Runner, RunnerConfig
+from .ops import add_commands as add_ops_commands
+from .ops import cmd_api as _cmd_api
+from .ops import cmd_runs as _cmd_runs
+from .render import Printer, want_json
+from .serve import configure_logging, load_jobs, probe, serve
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_RUN_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -420,7 +420,7 @@ async def cmd_runner(args: argparse.Namespace) -> int:
 
 
 async def cmd_dev(args: argparse.Namespace) -> int:
-    from ._cli_dev import run_dev
+    from .dev import run_dev
 
     config = _runner_config(args)
     configure_logging(args.log_level, json_lines=True if args.log_json else None)
@@ -513,7 +513,3 @@ def _fail(message: str, code: int) -> int:
     line = " ".join(message.split())
     print(f"jetlane: error: {line}", file=sys.stderr, flush=True)
     return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

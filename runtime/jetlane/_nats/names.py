@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ._errors import ConfigError
+from .._core.errors import ConfigError
 
 _PREFIX = re.compile(r"[A-Za-z0-9_-]{1,32}")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from . import _history as h
+from . import history as h
 
 
 def timer_token(step: str, purpose: str, attempt: int) -> str:

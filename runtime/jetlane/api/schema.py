@@ -13,7 +13,7 @@ from typing import Annotated, Any, Final
 
 import msgspec
 
-from ._status import RunStatus, Status
+from .._core.status import RunStatus, Status
 
 # ECMA-262 patterns (what JSON Schema speaks); the client's fullmatch checks stay the backstop.
 RUN_ID_PATTERN: Final = "^[A-Za-z0-9_-]{1,128}$"

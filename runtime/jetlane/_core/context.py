@@ -7,12 +7,12 @@ import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from ._durations import format_time, parse_time
+from .durations import format_time, parse_time
 
 if TYPE_CHECKING:
     import structlog
 
-    from ._replay import Replay
+    from .replay import Replay
 
 
 class Plugins:

@@ -33,10 +33,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ._api_errors import Endpoint, error_json, error_response, guarded
-from ._api_routes import Endpoints
-from ._api_schema import openapi
-from ._client import Client
+from .._client import Client
+from .errors import Endpoint, error_json, error_response, guarded
+from .routes import Endpoints
+from .schema import openapi
 
 DEFAULT_MAX_BODY = 1 << 20
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from ._errors import ConnectError
+from .._core.errors import ConnectError
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,9 @@ from nats.js.api import (
     SubjectTransform,
 )
 
-from ._connection import _Errors
-from ._errors import JetlaneError, StreamMismatch
-from ._names import Names
+from .._core.errors import JetlaneError, StreamMismatch
+from .connection import _Errors
+from .names import Names
 
 
 class StreamSetup:

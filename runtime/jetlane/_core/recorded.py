@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _history as h
-from ._determinism import atom_of
+from . import history as h
+from .determinism import atom_of
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""The NATS room: the only code that imports nats (connection, log, streams, pulls)."""
