@@ -34,6 +34,7 @@ PUBLIC = {
     "StepFailed",
     "StepTimeout",
     "StreamMismatch",
+    "Unavailable",
     "connect",
     "define_job",
     "job",

@@ -87,3 +87,18 @@ def test_the_drive_loop_knows_no_nats_and_api_and_cli_go_through_the_client() ->
             if room(name) in ("api", "cli"):
                 # only the public connection objects (also jetlane.Log, jetlane.Names, ...)
                 assert set(names) <= PUBLIC_CONNECTION, (name, module, names)
+
+
+def test_nats_errors_are_translated_in_one_place() -> None:
+    """Only _nats/errors.py turns nats-py errors into jetlane's (streams' set-up retries
+    and the connection's first connect look at them inside the room)."""
+    allowed = {"_nats/errors", "_nats/streams", "_nats/connection"}
+    for name, tree in modules().items():
+        if name in allowed:
+            continue
+        named = {
+            ast.unparse(node)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and ast.unparse(node).startswith("nats.")
+        }
+        assert not any(".errors" in n for n in named), (name, named)

@@ -30,6 +30,7 @@ from ._core.errors import StepError as StepError
 from ._core.errors import StepFailed as StepFailed
 from ._core.errors import StepTimeout as StepTimeout
 from ._core.errors import StreamMismatch as StreamMismatch
+from ._core.errors import Unavailable as Unavailable
 from ._core.status import RunStatus as RunStatus
 from ._core.steps import step as step
 from ._nats.connection import ConnectOptions as ConnectOptions
@@ -68,6 +69,7 @@ __all__ = [
     "StepFailed",
     "StepTimeout",
     "StreamMismatch",
+    "Unavailable",
     "connect",
     "define_job",
     "job",

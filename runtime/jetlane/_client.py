@@ -16,6 +16,7 @@ from ._core.definition import get_job
 from ._core.errors import (
     ConfigError,
     InputError,
+    NoResponders,
     PayloadTooLarge,
     RunAlreadyExists,
     RunFailedError,
@@ -25,7 +26,7 @@ from ._core.replay import DEFAULT_MAX_PAYLOAD
 from ._core.status import RunStatus, summarize
 from ._index import RunIndex
 from ._nats.connection import ConnectOptions
-from ._nats.log import FenceLost, Log, NoResponders
+from ._nats.log import FenceLost, Log
 from ._nats.names import Names
 
 

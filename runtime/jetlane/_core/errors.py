@@ -10,6 +10,9 @@ The tree, split by what the caller does next::
     ├── RunAlreadyExists              a second start with an id that is taken
     ├── RunNotFound                   an event, cancel or read for a run that does not exist
     ├── ConnectError                  the NATS server cannot be reached
+    ├── Unavailable                   NATS or JetStream failed a call (retry later)
+    │   ├── NoResponders              nobody listens on the subject (no runner serves it)
+    │   └── NatsTimeout               NATS did not answer in time (also a TimeoutError)
     ├── StreamMismatch                the stream exists with settings jetlane cannot use
     ├── FenceLost                     another writer appended to the run's log first
     ├── NonDeterminismError           the code issues other atoms than the history records
@@ -75,6 +78,18 @@ class ConnectError(JetlaneError, ConnectionError):
 
 class FenceLost(JetlaneError):
     """Another writer appended to the run's log first (the fence refused ours)."""
+
+
+class Unavailable(JetlaneError):
+    """NATS or JetStream failed a call (connection lost, no leader, refused): retry later."""
+
+
+class NoResponders(Unavailable):
+    """Nobody listens on the subject asked (no runner serves the job)."""
+
+
+class NatsTimeout(Unavailable, TimeoutError):
+    """NATS did not answer in time."""
 
 
 class StreamMismatch(JetlaneError):

@@ -24,9 +24,6 @@ from datetime import datetime
 from typing import Any, Final
 
 import msgspec
-import nats
-import nats.errors
-import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import (
@@ -38,7 +35,9 @@ from .._core import history as h
 from .._core.durations import format_time
 from .._core.errors import DecodeError, JetlaneError
 from .._core.errors import FenceLost as FenceLost
+from .._core.errors import NoResponders as NoResponders
 from .connection import ConnectOptions, _Errors, connect_nats
+from .errors import nats_errors
 from .names import Names
 from .pull import Delivery, Puller
 from .router import ReplyRouter
@@ -51,10 +50,6 @@ WRONG_LAST_SEQUENCE: Final = 10071
 
 class NoStream(JetlaneError):
     """No stream stores the subject (not created yet, deleted, or JetStream is down)."""
-
-
-class NoResponders(JetlaneError):
-    """Nobody listens on the subject asked (no runner serves the job)."""
 
 
 class _Ack(msgspec.Struct):
@@ -145,17 +140,20 @@ class Log:
     ) -> None:
         """Create jetlane's streams or check that they fit (see ``StreamSetup``)."""
         self._lease_replicas = replicas
-        self.lease_ttl = await self.streams.ensure_stream(
-            replicas=replicas, lease_ttl=lease_ttl, wait=wait
-        )
+        with nats_errors("the stream set-up"):
+            self.lease_ttl = await self.streams.ensure_stream(
+                replicas=replicas, lease_ttl=lease_ttl, wait=wait
+            )
 
     async def runner_consumer(self, *, ack_wait: float, max_ack_pending: int) -> None:
         """Create (or update) the runner pool's shared pull consumer on every inbox."""
-        await self.streams.runner_consumer(ack_wait=ack_wait, max_ack_pending=max_ack_pending)
+        with nats_errors("the runner consumer's set-up"):
+            await self.streams.runner_consumer(ack_wait=ack_wait, max_ack_pending=max_ack_pending)
 
     async def consumer_pending(self) -> int:
         """Deliveries waiting plus in flight on the runners' consumer."""
-        return await self.streams.consumer_pending()
+        with nats_errors("a consumer info"):
+            return await self.streams.consumer_pending()
 
     @property
     def connected(self) -> bool:
@@ -166,12 +164,8 @@ class Log:
     async def ask(self, subject: str, data: bytes, timeout: float) -> bytes:
         """A request; the reply's body. ``NoResponders`` when nobody listens,
         ``TimeoutError`` when nobody answered in time."""
-        try:
+        with nats_errors(f"a request on {subject}"):
             reply = await self.nc.request(subject, data, timeout=timeout)
-        except nats.errors.NoRespondersError:
-            raise NoResponders(subject) from None
-        except nats.errors.TimeoutError:
-            raise TimeoutError(f"no answer on {subject} in {timeout:g}s") from None
         return bytes(reply.data)
 
     async def serve(
@@ -190,7 +184,8 @@ class Log:
                 with contextlib.suppress(Exception):  # the asker may be gone
                     await msg.respond(reply)
 
-        sub = await self.nc.subscribe(subject, queue=queue, cb=answer)
+        with nats_errors(f"a subscription to {subject}"):
+            sub = await self.nc.subscribe(subject, queue=queue, cb=answer)
 
         async def stop() -> None:
             with contextlib.suppress(Exception):
@@ -200,7 +195,8 @@ class Log:
 
     async def flush(self) -> None:
         """Wait until the server has everything sent so far (subscriptions included)."""
-        await self.nc.flush()
+        with nats_errors("a flush"):
+            await self.nc.flush()
 
     def puller(
         self,
@@ -216,12 +212,13 @@ class Log:
         """Journal entries of a run as runners publish them: ``next(timeout)`` gives the
         next one, or None when none came in time (an entry may be missed across a
         reconnect: re-read the log then)."""
-        sub = await self.nc.subscribe(self.names.journal(run_id))
+        with nats_errors("a journal subscription"):
+            sub = await self.nc.subscribe(self.names.journal(run_id))
 
         async def next_entry(timeout: float) -> h.Message | None:
             try:
                 raw = await sub.next_msg(timeout=timeout)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats-py's timeout is one: nothing came
                 return None
             return self.decode_delivered_core(raw)
 
@@ -362,7 +359,8 @@ class Log:
     async def put_index(self, run_id: str, record: bytes) -> None:
         # Derived data: published without waiting for the stream's ack (a lost
         # write is repaired by the run's next session or by a rebuild).
-        await self.nc.publish(self.names.index(run_id), record)
+        with nats_errors("an index write"):
+            await self.nc.publish(self.names.index(run_id), record)
 
     async def read_index(self) -> AsyncIterator[Value]:
         """Every index record, in stream order; a run updated meanwhile can come twice
@@ -387,7 +385,8 @@ class Log:
             # Best effort, for a runner that already serves the job (the mark is what
             # counts). Never for a blocked run: the runners that would hear it run
             # the code that just blocked it.
-            await self.nc.publish(self.names.wake(job), run_id.encode())
+            with nats_errors("a wake-up"):
+                await self.nc.publish(self.names.wake(job), run_id.encode())
 
     async def clear_waiting(self, run_id: str) -> None:
         await self._purge(self.names.waiting_stream, self.names.waiting(run_id))
@@ -525,18 +524,19 @@ class Log:
         config = ConsumerConfig(
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(start, 1)
         )
-        sub = await self.js.subscribe(
-            subject,
-            stream=self.names.stream,
-            ordered_consumer=True,
-            config=config,
-            idle_heartbeat=2.0,
-        )
+        with nats_errors(f"a tail of {subject}"):
+            sub = await self.js.subscribe(
+                subject,
+                stream=self.names.stream,
+                ordered_consumer=True,
+                config=config,
+                idle_heartbeat=2.0,
+            )
         try:
             while True:
                 try:
                     raw = await sub.next_msg(timeout=None)
-                except nats.errors.TimeoutError:
+                except TimeoutError:  # nats-py's timeout is one: keep following
                     continue
                 yield self.decode_delivered(raw)
         finally:

@@ -27,6 +27,8 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from .errors import nats_errors
+
 logger = structlog.get_logger("jetlane.runner")
 
 # How long one pull request lingers on the server. Short, so that slots freed
@@ -105,7 +107,8 @@ class Puller:
 
     async def start(self) -> None:
         self._prefix = self.nc.new_inbox()
-        self._sub = await self.nc.subscribe(f"{self._prefix}.*", cb=self._on)
+        with nats_errors("the pull inbox's subscription"):
+            self._sub = await self.nc.subscribe(f"{self._prefix}.*", cb=self._on)
 
     async def stop(self) -> None:
         if self._sub is not None:
@@ -118,9 +121,10 @@ class Puller:
         self._current, self._remaining, self._status = token, batch, ""
         self._ended.clear()
         request = {"batch": batch, "expires": int(self.expires * 1e9)}
-        await self.nc.publish(
-            self._next, msgspec.json.encode(request), reply=f"{self._prefix}.{token}"
-        )
+        with nats_errors("a pull request"):
+            await self.nc.publish(
+                self._next, msgspec.json.encode(request), reply=f"{self._prefix}.{token}"
+            )
         try:
             await asyncio.wait_for(self._ended.wait(), self.expires + 2.0)
         except TimeoutError:

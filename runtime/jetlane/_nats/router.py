@@ -21,8 +21,9 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from .._core.errors import JetlaneError
+from .._core.errors import NatsTimeout, Unavailable
 from .connection import _Connection
+from .errors import nats_errors
 
 
 @dataclass
@@ -75,7 +76,10 @@ class ReplyRouter:
         future.add_done_callback(lambda _: self._replies.pop(token, None))
         self._deadlines.append((loop.time() + self.timeout, token))
         try:
-            await self.nc.publish(subject, data, reply=f"{self._prefix}.{token}", headers=headers)
+            with nats_errors(f"a request on {subject}"):
+                await self.nc.publish(
+                    subject, data, reply=f"{self._prefix}.{token}", headers=headers
+                )
         except BaseException:
             future.cancel()
             raise
@@ -91,7 +95,7 @@ class ReplyRouter:
                 _, token = self._deadlines.popleft()
                 future = self._replies.get(token)
                 if future is not None and not future.done():
-                    future.set_exception(JetlaneError("NATS did not answer in time"))
+                    future.set_exception(NatsTimeout("NATS did not answer in time"))
 
     async def batch(self, subject: str, request: dict[str, Any]) -> Batch:
         """One batch direct get: the messages, then the end-of-batch status message."""
@@ -100,11 +104,15 @@ class ReplyRouter:
         pending = _Read(done=asyncio.get_running_loop().create_future())
         self._reads[token] = pending
         try:
-            await self.nc.publish(
-                subject, msgspec.json.encode(request), reply=f"{self._prefix}.{token}"
-            )
+            with nats_errors(f"a read of {subject}"):
+                await self.nc.publish(
+                    subject, msgspec.json.encode(request), reply=f"{self._prefix}.{token}"
+                )
             assert pending.done is not None
-            end = await asyncio.wait_for(pending.done, self.timeout)
+            try:
+                end = await asyncio.wait_for(pending.done, self.timeout)
+            except TimeoutError:
+                raise NatsTimeout(f"NATS did not answer a read of {subject} in time") from None
         finally:
             self._reads.pop(token, None)
         status = (end.headers or {}).get("Status")
@@ -112,13 +120,14 @@ class ReplyRouter:
             # 503 no responders (leader election, JetStream down), 408, ...: the read
             # did not happen. Never let that pass for an empty history.
             description = (end.headers or {}).get("Description", "")
-            raise JetlaneError(f"history read failed: status {status} {description}".strip())
+            raise Unavailable(f"history read failed: status {status} {description}".strip())
         return Batch(pending.messages, end)
 
     async def _ensure(self) -> None:
         if self._sub is None:
             self._prefix = self.nc.new_inbox()
-            self._sub = await self.nc.subscribe(f"{self._prefix}.*", cb=self._on_reply)
+            with nats_errors("the reply inbox's subscription"):
+                self._sub = await self.nc.subscribe(f"{self._prefix}.*", cb=self._on_reply)
             if isinstance(self.nc, _Connection):
                 self.nc.fast[self._sub._id] = self._route
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep())

@@ -116,12 +116,12 @@ async def _subjects_page(log: Log, stream: str, subject_filter: str, offset: int
     request = {"subjects_filter": subject_filter, "offset": offset}
     # nats-py's own request: a page of 100,000 subjects takes the server about a
     # second at 1M subjects, longer than the log's request timeout.
-    reply = await log.nc.request(
+    reply = await log.ask(
         f"$JS.API.STREAM.INFO.{stream}",
         msgspec.json.encode(request),
         timeout=max(log.timeout, INFO_TIMEOUT),
     )
-    info = _info_decoder.decode(reply.data)
+    info = _info_decoder.decode(reply)
     if info.error is not None:
         raise JetlaneError(f"cannot list the subjects of stream {stream}: {info.error}")
     return info

@@ -23,6 +23,7 @@ from .._core.errors import (
     PayloadTooLarge,
     RunAlreadyExists,
     RunNotFound,
+    Unavailable,
 )
 from .schema import ErrorBody, ErrorDetail
 
@@ -89,11 +90,8 @@ def to_api_error(exc: Exception, *, field: str | None = None) -> ApiError | None
 
 
 def _unavailable(exc: Exception) -> bool:
-    # nats-py's timeouts subclass TimeoutError; its other errors are judged by module so
-    # that this layer need not import nats (the log module owns that dependency).
-    return isinstance(exc, ConnectError | ConnectionError | TimeoutError) or type(
-        exc
-    ).__module__.startswith("nats.")
+    # NATS failures reach this layer translated (jetlane._nats.errors): Unavailable.
+    return isinstance(exc, ConnectError | ConnectionError | TimeoutError | Unavailable)
 
 
 def error_response(exc: Exception, request: Request) -> Response:
