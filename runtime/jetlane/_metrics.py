@@ -118,7 +118,7 @@ async def serve_ops(
             pass
         finally:
             writer.close()
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # teardown: the scraper may be gone
                 await writer.wait_closed()
 
     return await asyncio.start_server(handle, host, port)

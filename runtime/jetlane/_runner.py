@@ -281,7 +281,7 @@ class Runner:
             outcome = "handback"
         except (TimeoutError, JetlaneError, OSError) as exc:
             logger.warning("advance failed; will retry", run_id=run_id, error=str(exc))
-        except Exception:
+        except Exception:  # a bug: logged with its traceback, the delivery retried
             logger.exception("advance crashed; will retry", run_id=run_id)
         finally:
             summary = self._summaries.get(run_id)
@@ -289,7 +289,7 @@ class Runner:
                 summary.updated_at = format_time(datetime.now(UTC))
                 try:
                     await self.log.put_index(run_id, record(summary))
-                except Exception as exc:
+                except JetlaneError as exc:  # derived data: the next session or a rebuild
                     logger.info("run index write failed", run_id=run_id, error=str(exc))
             if run_id not in self._cache:
                 self._evict(run_id)  # only a parked run stays cached
@@ -335,7 +335,7 @@ class Runner:
                     if now is not None and now[0] == self.id:
                         lease = max(lease, now[1])
                 await self.log.release(session.run_id, lease)
-            except Exception as exc:  # it expires after the TTL anyway
+            except JetlaneError as exc:  # it expires after the TTL anyway
                 logger.info("lease release failed", run_id=session.run_id, error=str(exc))
 
     async def _settle(self, session: _Session, outcome: str) -> None:
@@ -463,7 +463,7 @@ class Runner:
             session.waiting = False
             try:
                 await self.log.clear_waiting(session.run_id)
-            except Exception as exc:  # a stale mark only costs a look at the next scan
+            except JetlaneError as exc:  # a stale mark only costs a look at the next scan
                 logger.info("waiting mark not cleared", run_id=session.run_id, error=str(exc))
 
     async def _covers_deliveries(self, replay: Replay, session: _Session) -> bool:
@@ -520,7 +520,7 @@ class Runner:
             if task is not None and task.cancelling():
                 raise  # the runner is stopping: the step is handed back, not failed
             error = exc  # raised by the step function itself: a failed attempt
-        except Exception as exc:
+        except Exception as exc:  # the step function's own error: a failed attempt
             error = exc
         except BaseException as exc:  # SystemExit & co. raised by the step's code
             error = exc
@@ -651,7 +651,7 @@ class Runner:
                         count += 1
                 if count:
                     logger.info("woke waiting runs", runs=count)
-            except Exception as exc:
+            except Exception as exc:  # a failed scan must not stop the runner: next time
                 logger.warning("scan of waiting runs failed", error=str(exc))
             await asyncio.sleep(self.config.wake_interval)
 
@@ -667,7 +667,7 @@ class Runner:
             now = time.monotonic()
             if now - last_pending >= 5.0:
                 last_pending = now
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(JetlaneError):  # a gauge: the next beat sets it
                     self.metrics.pending.set(await self.log.consumer_pending())
             for session in list(self._sessions.values()):
                 for msg in session.deliveries:
@@ -679,7 +679,7 @@ class Runner:
                         session.lease = await self.log.renew(session.run_id, self.id, session.lease)
                     except FenceLost as exc:  # expired and taken: the fence protects us
                         logger.warning("lease lost", run_id=session.run_id, error=str(exc))
-                    except Exception as exc:
+                    except JetlaneError as exc:  # no answer: it may have been stored
                         session.lease_unsure = True
                         logger.warning(
                             "lease renewal failed", run_id=session.run_id, error=str(exc)

@@ -316,7 +316,7 @@ async def run_step(ex: Execute, started: datetime, duration_ms: float = 0.0) -> 
             result = ex.fn()
             if inspect.isawaitable(result):
                 result = await result
-    except Exception as exc:
+    except Exception as exc:  # the step function's own error: a failed attempt
         return Outcome(started_at=started, duration_ms=duration_ms, error=exc)
     return Outcome(started_at=started, duration_ms=duration_ms, result=result)
 

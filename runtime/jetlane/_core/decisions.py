@@ -130,7 +130,7 @@ def typed_result(value: Any, fn: Callable[[], Any]) -> Any:
     if target is None:
         try:
             target = typing.get_type_hints(fn).get("return", Any)
-        except Exception:
+        except Exception:  # annotations that do not resolve: return the value untyped
             target = Any
         target = _unwrap_awaitable(target)
         _hint_cache[code] = target

@@ -101,7 +101,7 @@ def define_job(
         raise ConfigError(f"job {name!r}: the handler must take (ctx) or (ctx, input)")
     try:
         hints = typing.get_type_hints(handler)
-    except Exception as exc:
+    except Exception as exc:  # any failure to resolve them is a definition error
         raise ConfigError(f"job {name!r}: cannot resolve the handler's annotations: {exc}") from exc
     input_type: Any = Any
     if len(params) == 2:

@@ -188,7 +188,7 @@ class Log:
             sub = await self.nc.subscribe(subject, queue=queue, cb=answer)
 
         async def stop() -> None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # teardown: a closed connection has none
                 await sub.unsubscribe()
 
         return stop
@@ -225,7 +225,7 @@ class Log:
         try:
             yield next_entry
         finally:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # teardown: a closed connection has none
                 await sub.unsubscribe()
 
     async def close(self) -> None:
@@ -233,7 +233,7 @@ class Log:
         if not self.nc.is_closed:
             try:
                 await self.nc.drain()
-            except Exception:
+            except Exception:  # teardown: a drain that fails still must close
                 await self.nc.close()
 
     # -- writing --------------------------------------------------------------
@@ -540,7 +540,7 @@ class Log:
                     continue
                 yield self.decode_delivered(raw)
         finally:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # teardown: a closed connection has none
                 await sub.unsubscribe()
 
     def decode_delivered_core(self, raw: Msg) -> h.Message:

@@ -114,7 +114,7 @@ def guarded(endpoint: Endpoint) -> Endpoint:
     async def run(request: Request) -> Response:
         try:
             return await endpoint(request)
-        except Exception as exc:
+        except Exception as exc:  # every error becomes a JSON answer (5xx logged)
             return error_response(exc, request)
 
     run.__name__ = endpoint.__name__

@@ -249,5 +249,5 @@ async def _sse(
                 pending.cancel()
                 with contextlib.suppress(BaseException):
                     await pending
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # teardown of the client's stream
                 await _close(rest)

@@ -235,7 +235,7 @@ async def serve(
             loop.remove_signal_handler(sig)
         if api_task is not None:
             api_server_.should_exit = True
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # teardown: the API's own errors are logged
                 await asyncio.wait_for(api_task, 10)
         if api_log is not None:
             await api_log.close()
