@@ -12,7 +12,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent.parent / "runtime" / "jetlane"
+PACKAGE = Path(__file__).resolve().parents[2] / "runtime" / "jetlane"
 NOT_IN_CORE = {"nats", "socket", "subprocess", "time", "threading", "concurrent"}
 PUBLIC_CONNECTION = {"ConnectOptions", "Names", "Log"}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,15 @@ async def test_cancel_pause_and_failures_mirror_the_client() -> None:
         failing = await env.start("broken")
         with pytest.raises(RunFailedError, match="StepFailed"):
             await failing.result()
+
+
+async def test_the_pytest_fixture_makes_environments(
+    jetlane_env: Callable[..., Environment],
+) -> None:
+    env = jetlane_env([approval], plugins={"approvals": DemoApprovals()})
+    run = await env.start("approval", {"change": "CHG-F"})
+    await run.send_event("approval", {"approved": False, "by": "bo"})
+    assert (await run.result())["status"] == "rejected"
 
 
 def _boom() -> None:

@@ -1,0 +1,1 @@
+"""The server-free suite: the pure core, the wire, jetlane.testing and the room rules."""
