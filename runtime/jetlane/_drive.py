@@ -150,7 +150,10 @@ class Driver:
             if not isinstance(decision, Park):
                 return decision
             # Park: read the log to its end first; an input may have come meanwhile.
-            if replay.inputs > inputs or await self.ingest_tail(replay) or more():
+            if replay.inputs > inputs or await self.ingest_tail(replay):
+                continue
+            if more():  # a delivery came: read what it brought before going on
+                await self.ingest_tail(replay)
                 continue
             return decision
 
@@ -159,12 +162,16 @@ class Driver:
     ) -> Decision:
         """Execute steps until the core's decision is not ``Execute``."""
         reply: Any = None
+        # Whether every input stored up to now has been taken in: true after a fenced
+        # append (which the server refuses when an input came), false once a step has
+        # run. False at first: replaying the handler to its frontier takes time too.
+        synced = False
         while True:
             decision = await replay.next(reply)
             if first_decision is not None:
                 first_decision()  # a full replay ends at the first decision: the frontier
                 first_decision = None
-            appended = await self.flush(replay)
+            synced = await self.flush(replay) or synced
             reply = None
             if isinstance(decision, Checkpoint):
                 # The step's outcome is written; a cancel or pause it brought in is
@@ -178,10 +185,9 @@ class Driver:
                 continue
             if not isinstance(decision, Execute):
                 return decision
-            if not appended:
-                # No fenced append since the handler ran (a retry that became due, a
-                # held step on resume, a replay): read the inbox, so that a cancel or
-                # pause stored meanwhile is seen before the step starts.
+            if not synced:
+                # No fenced append since the last step ran: read the inbox, so that a
+                # cancel or pause stored meanwhile is seen before the next step starts.
                 await self.ingest_tail(replay)
             if replay.cancel_pending:
                 decision = await replay.next(None)
@@ -194,6 +200,7 @@ class Driver:
                 # continues from the log.
                 raise Handback
             reply = await self.execute(replay, decision)
+            synced = False
 
     async def flush(self, replay: Replay) -> bool:
         """Write the outbox; True when it appended anything (so the fence proved that
