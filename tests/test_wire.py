@@ -110,4 +110,4 @@ async def test_malformed_inputs_are_dead_lettered_and_the_runner_keeps_serving(
         "invalid job",
     ):
         assert expected in reasons
-    assert runner.stats["dead_lettered"] == len(bad)
+    assert runner.metrics.value("jetlane_dead_letters_total") == len(bad)

@@ -79,6 +79,15 @@ class RunnerMetrics:
         self.dead_letters = Counter(
             "jetlane_dead_letters", "Inputs dead-lettered as unusable", registry=r
         )
+        self.sessions_started = Counter(
+            "jetlane_sessions_started",
+            "Sessions started (a run taken up to be advanced: by a delivery, a timer, a wake)",
+            registry=r,
+        )
+
+    def value(self, name: str, **labels: str) -> float:
+        """A sample's current value (0 when it has none yet), e.g. for tests."""
+        return self.registry.get_sample_value(name, labels or None) or 0.0
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -47,7 +47,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import structlog
@@ -103,6 +103,16 @@ class RunnerConfig:
 MAX_CLOCK_SKEW = 5.0
 
 
+class _JobMetrics(NamedTuple):
+    """One job's children of the step metrics (labelled once, not per step)."""
+
+    started: Any
+    completed: Any
+    failed: Any
+    seconds: Any
+    retries: Any
+
+
 @dataclass
 class _Session:
     run_id: str
@@ -142,7 +152,7 @@ class Runner:
         self._fast: dict[str, asyncio.TimerHandle] = {}
         self._summaries: dict[str, RunStatus] = {}
         self.metrics = metrics or RunnerMetrics()
-        self._job_metrics: dict[str, tuple[Any, Any, Any, Any, Any]] = {}
+        self._job_metrics: dict[str, _JobMetrics] = {}
         self._stopping = asyncio.Event()
         self._slot = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
@@ -159,7 +169,6 @@ class Runner:
             stopping=self._stopping.is_set,
         )
         self.ready = asyncio.Event()
-        self.stats = {"steps": 0, "sessions": 0, "fence_lost": 0, "dead_lettered": 0}
 
     def stop(self) -> None:
         """Stop pulling and drain (``run`` returns once in-flight sessions end)."""
@@ -257,7 +266,6 @@ class Runner:
 
     async def _dead_letter(self, msg: Delivery, run_id: str, reason: str) -> None:
         logger.warning("dead-lettered input", run_id=run_id, seq=msg.seq, reason=reason)
-        self.stats["dead_lettered"] += 1
         self.metrics.dead_letters.inc()
         try:
             await self.log.dead_letter(run_id, msg.seq, msg.subject, reason, msg.data)
@@ -269,12 +277,11 @@ class Runner:
 
     async def _session(self, session: _Session) -> None:
         run_id = session.run_id
-        self.stats["sessions"] += 1
+        self.metrics.sessions_started.inc()
         outcome = "retry"
         try:
             outcome = await self._advance(session)
         except FenceLost:
-            self.stats["fence_lost"] += 1
             self.metrics.fence_conflicts.inc()
             logger.info("fence lost; another runner advanced the run", run_id=run_id)
         except (asyncio.CancelledError, Handback):
@@ -493,7 +500,7 @@ class Runner:
 
     def _appended(self, replay: Replay, body: h.Journal, seq: int) -> None:
         if isinstance(body, h.StepFailed) and body.retry_at is not None:
-            self._for_job(replay.job.name)[4].inc()
+            self._for_job(replay.job.name).retries.inc()
         # No timestamp per step: the session stamps updated_at at its end.
         self._summarize(replay, h.Message(seq, replay.run_id, "out", "", body))
 
@@ -525,11 +532,10 @@ class Runner:
         except BaseException as exc:  # SystemExit & co. raised by the step's code
             error = exc
         duration = (time.perf_counter() - t0) * 1000
-        self.stats["steps"] += 1
-        started_c, completed_c, failed_c, seconds_h, _ = self._for_job(replay.job.name)
-        started_c.inc()
-        (completed_c if error is None else failed_c).inc()
-        seconds_h.observe(duration / 1000)
+        counters = self._for_job(replay.job.name)
+        counters.started.inc()
+        (counters.completed if error is None else counters.failed).inc()
+        counters.seconds.observe(duration / 1000)
         if error is not None:
             logger.info(
                 "step attempt failed",
@@ -575,11 +581,11 @@ class Runner:
             result = await result
         return result
 
-    def _for_job(self, job: str) -> tuple[Any, Any, Any, Any, Any]:
+    def _for_job(self, job: str) -> _JobMetrics:
         children = self._job_metrics.get(job)
         if children is None:
             m = self.metrics
-            children = self._job_metrics[job] = (
+            children = self._job_metrics[job] = _JobMetrics(
                 m.steps_started.labels(job),
                 m.steps_completed.labels(job),
                 m.steps_failed.labels(job),
