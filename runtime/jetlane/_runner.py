@@ -37,14 +37,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
-import inspect
 import os
 import socket
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -61,8 +58,6 @@ from ._core.errors import (
     FenceLost,
     InputError,
     JetlaneError,
-    NonRetryableError,
-    StepTimeout,
 )
 from ._core.replay import (
     DEFAULT_MAX_PAYLOAD,
@@ -75,6 +70,7 @@ from ._core.replay import (
 )
 from ._core.status import RunStatus, summarize, update
 from ._drive import Driver, Handback, Outdated
+from ._executor import StepExecutor
 from ._index import record
 from ._metrics import RunnerMetrics
 from ._nats.log import Log
@@ -156,11 +152,7 @@ class Runner:
         self._stopping = asyncio.Event()
         self._slot = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
-        # Sync step functions run here, off the event loop: a blocking call must not
-        # stall other runs, heartbeats, or the step's own timeout.
-        self._pool_size = max(self.config.concurrency, 4)
-        self._threads = self._new_pool()
-        self._stuck = 0  # threads still running a step whose attempt timed out
+        self._steps = StepExecutor(max(self.config.concurrency, 4))
         self._driver = Driver(
             log_,
             self._execute,
@@ -218,7 +210,7 @@ class Runner:
             for replay in self._cache.values():
                 replay.close()
             self._cache.clear()
-            self._threads.shutdown(wait=False, cancel_futures=True)
+            self._steps.close()
             logger.info("runner stopped", runner=self.id)
 
     async def _drain(self) -> None:
@@ -505,81 +497,21 @@ class Runner:
         self._summarize(replay, h.Message(seq, replay.run_id, "out", "", body))
 
     async def _execute(self, replay: Replay, ex: Execute) -> Outcome:
-        started = datetime.now(UTC)
-        t0 = time.perf_counter()
-        error: BaseException | None = None
-        result: Any = None
-        scope: asyncio.Timeout | None = None
-        try:
-            async with asyncio.timeout(ex.timeout) as scope:
-                result = await self._call(ex.fn)
-        except TimeoutError as exc:
-            if scope is not None and scope.expired():
-                if not inspect.iscoroutinefunction(ex.fn):
-                    self._abandoned_thread()
-                error = StepTimeout(
-                    f"step {ex.step!r} attempt {ex.attempt} timed out after {ex.timeout:g}s"
-                )
-            else:
-                error = exc
-        except asyncio.CancelledError as exc:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise  # the runner is stopping: the step is handed back, not failed
-            error = exc  # raised by the step function itself: a failed attempt
-        except Exception as exc:  # the step function's own error: a failed attempt
-            error = exc
-        except BaseException as exc:  # SystemExit & co. raised by the step's code
-            error = exc
-        duration = (time.perf_counter() - t0) * 1000
+        outcome = await self._steps.run(ex)
         counters = self._for_job(replay.job.name)
         counters.started.inc()
-        (counters.completed if error is None else counters.failed).inc()
-        counters.seconds.observe(duration / 1000)
-        if error is not None:
+        (counters.completed if outcome.error is None else counters.failed).inc()
+        counters.seconds.observe(outcome.duration_ms / 1000)
+        if outcome.error is not None:
             logger.info(
                 "step attempt failed",
                 run_id=replay.run_id,
                 job=replay.job.name,
                 step=ex.step,
                 attempt=ex.attempt,
-                error=f"{type(error).__name__}: {error}",
+                error=f"{type(outcome.error).__name__}: {outcome.error}",
             )
-        return Outcome(started_at=started, duration_ms=duration, result=result, error=error)
-
-    def _new_pool(self) -> ThreadPoolExecutor:
-        return ThreadPoolExecutor(max_workers=self._pool_size, thread_name_prefix="jetlane-step")
-
-    def _abandoned_thread(self) -> None:
-        """A sync step timed out: its thread cannot be stopped and still holds a worker.
-        Once half the pool is held so, new calls go to a fresh pool (the old one ends
-        when its calls return), so stuck calls never starve the other runs."""
-        self._stuck += 1
-        if self._stuck >= self._pool_size // 2:
-            old, self._threads, self._stuck = self._threads, self._new_pool(), 0
-            old.shutdown(wait=False)
-
-    async def _call(self, fn: Any) -> Any:
-        """Call a step function: a coroutine function on the loop, anything else in a
-        thread (a lambda that returns a coroutine is awaited here, on the loop)."""
-        if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-            getattr(fn, "__call__", None)  # noqa: B004 - an async __call__
-        ):
-            return await fn()
-        loop = asyncio.get_running_loop()
-        try:
-            result = await loop.run_in_executor(self._threads, contextvars.copy_context().run, fn)
-        except RuntimeError as exc:
-            if "event loop" not in str(exc):
-                raise
-            raise NonRetryableError(
-                f"a step function that is not an async def runs in a worker thread, where "
-                f"there is no event loop ({exc}); put asyncio.gather/ensure_future/create_task "
-                "inside an async def and pass that to step.do"
-            ) from exc
-        if inspect.isawaitable(result):
-            result = await result
-        return result
+        return outcome
 
     def _for_job(self, job: str) -> _JobMetrics:
         children = self._job_metrics.get(job)
