@@ -435,6 +435,16 @@ class Runner:
                     type(replay.terminal or decision.entry), "cancelled"
                 )
                 self.metrics.runs_ended.labels(replay.job.name, status).inc()
+                ended = replay.terminal or decision.entry
+                if isinstance(ended, h.RunFailed):
+                    logger.error(
+                        "run failed",
+                        run_id=run_id,
+                        job=replay.job.name,
+                        step=replay.current_step,
+                        error=f"{ended.error.type}: {ended.error.message}",
+                        at=[f"{f.file}:{f.line} {f.function}" for f in ended.error.traceback or []],
+                    )
                 await self._moved_on(session)
                 return "done"
             assert isinstance(decision, Park)  # with the log read to its end
@@ -503,13 +513,14 @@ class Runner:
         (counters.completed if outcome.error is None else counters.failed).inc()
         counters.seconds.observe(outcome.duration_ms / 1000)
         if outcome.error is not None:
-            logger.info(
+            logger.error(
                 "step attempt failed",
                 run_id=replay.run_id,
                 job=replay.job.name,
                 step=ex.step,
                 attempt=ex.attempt,
                 error=f"{type(outcome.error).__name__}: {outcome.error}",
+                exc_info=outcome.error,
             )
         return outcome
 

@@ -25,6 +25,7 @@ from ._core.history import VERSION_HEADER as VERSION_HEADER
 from ._core.history import Body as Body
 from ._core.history import Cancel as Cancel
 from ._core.history import ErrorInfo as ErrorInfo
+from ._core.history import Frame as Frame
 from ._core.history import Event as Event
 from ._core.history import EventReceived as EventReceived
 from ._core.history import Input as Input
@@ -64,6 +65,7 @@ __all__ = [
     "Body",
     "Cancel",
     "ErrorInfo",
+    "Frame",
     "Event",
     "EventReceived",
     "Input",

@@ -188,3 +188,27 @@ def test_message_to_json_is_plain_data() -> None:
     out = msg.to_json()
     assert json.loads(json.dumps(out)) == out
     assert out["body"]["result"] == {"k": [1, 2]} and out["seq"] == 3
+
+
+def test_error_tracebacks_are_bounded_and_optional_on_the_wire() -> None:
+    from jetlane._core.replay import MAX_FRAMES, _info
+
+    def deep(n: int) -> None:
+        if n == 0:
+            raise ValueError("at the bottom")
+        deep(n - 1)
+
+    try:
+        deep(200)
+    except ValueError as exc:
+        info = _info(exc)
+    assert info.traceback is not None and len(info.traceback) == MAX_FRAMES
+    assert info.traceback[-1].function == "deep"
+    encoded = h.encode(h.RunFailed(error=info))
+    assert len(encoded) < 16 * 1024
+    # an error without a traceback encodes as before (old readers see no new field)
+    old = h.encode(h.RunFailed(error=h.ErrorInfo(type="T", message="m")))
+    assert old == b'{"error":{"type":"T","message":"m"}}'
+    assert h.decode("run_failed", old, direction="out") == h.RunFailed(
+        error=h.ErrorInfo(type="T", message="m")
+    )

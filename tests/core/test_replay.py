@@ -176,7 +176,10 @@ async def test_non_retryable_stops_at_once_and_step_failed_is_catchable() -> Non
     d = Driver(job_of(handler))
     await d.run()
     (failed,) = of(d, h.StepFailed)
-    assert failed.retry_at is None and failed.error == h.ErrorInfo("Fatal", "boom 1")
+    assert failed.retry_at is None
+    assert (failed.error.type, failed.error.message) == ("Fatal", "boom 1")
+    # a bounded traceback, innermost last: the step function that raised
+    assert failed.error.traceback is not None and failed.error.traceback[-1].function == "fn"
     assert d.executed == [("charge", 1)]
     assert plain(of(d, h.RunCompleted)[0].output) == "charge:1:Fatal:boom 1"
     decision, appends = await replay_fresh(d)

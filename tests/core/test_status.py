@@ -143,3 +143,21 @@ def test_every_status_is_reachable() -> None:
         status(h.RunBlocked("a", ERR)).status,
     }
     assert seen == set(typing.get_args(Status))
+
+
+def test_status_shows_where_a_failed_run_raised() -> None:
+    import io
+
+    from jetlane._core.status import RunStatus
+    from jetlane.cli.render import Printer
+
+    frames = [h.Frame(file=f"/app/jobs/x{i}.py", line=i, function=f"f{i}") for i in range(12)]
+    error = h.ErrorInfo(type="KeyError", message="'carrier'", traceback=frames)
+    out = io.StringIO()
+    Printer(json_lines=False, out=out).status(
+        RunStatus(run_id="r", job="j", status="failed", error=error)
+    )
+    text = out.getvalue()
+    assert "KeyError: 'carrier'" in text
+    assert "at /app/jobs/x11.py:11 in f11" in text  # the innermost frame
+    assert "x3.py" not in text  # only the innermost few

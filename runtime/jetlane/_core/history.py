@@ -27,9 +27,18 @@ class _Wire(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     pass
 
 
-class ErrorInfo(_Wire, frozen=True):
+class Frame(_Wire, frozen=True):
+    """One frame of a recorded traceback."""
+
+    file: str
+    line: int
+    function: str
+
+
+class ErrorInfo(_Wire, frozen=True, omit_defaults=True):
     type: str
     message: str
+    traceback: list[Frame] | None = None  # innermost last, at most 30 frames (jetlane 0.2)
 
 
 # -- inputs (.in) -------------------------------------------------------------

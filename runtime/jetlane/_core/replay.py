@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import contextvars
 import os
+import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -70,6 +71,7 @@ DEFAULT_MAX_PAYLOAD = 1024 * 1024 - 16 * 1024
 # itself fail, and the step would run again and again with nothing recorded).
 MAX_ERROR_CHARS = 8 * 1024
 VALUES_PER_ENTRY = 1000  # ctx.now/uuid/random values are < 64 bytes each
+MAX_FRAMES = 30  # a recorded traceback keeps the innermost frames (~10 kB at most)
 current: contextvars.ContextVar[Replay] = contextvars.ContextVar("jetlane_replay")
 
 
@@ -630,12 +632,23 @@ def _cancelled(seq: int, cancel: h.Cancel) -> h.RunCancelled:
 
 def _info(exc: BaseException) -> h.ErrorInfo:
     type_, message = describe(exc)
-    return bounded_error(type_, message)
+    return bounded_error(type_, message, frames(exc))
 
 
-def bounded_error(type_: str, message: str) -> h.ErrorInfo:
-    """An error as the journal records it: the message cut to ``MAX_ERROR_CHARS``."""
+def frames(exc: BaseException) -> list[h.Frame] | None:
+    """Where ``exc`` was raised: the innermost ``MAX_FRAMES`` frames, names cut short."""
+    if exc.__traceback__ is None:
+        return None
+    summary = traceback.extract_tb(exc.__traceback__)[-MAX_FRAMES:]
+    return [
+        h.Frame(file=f.filename[-200:], line=f.lineno or 0, function=f.name[:100]) for f in summary
+    ]
+
+
+def bounded_error(type_: str, message: str, trace: list[h.Frame] | None = None) -> h.ErrorInfo:
+    """An error as the journal records it: the message cut to ``MAX_ERROR_CHARS``, the
+    traceback to ``MAX_FRAMES`` frames (so an entry's size stays bounded)."""
     if len(message) > MAX_ERROR_CHARS:
         cut = len(message) - MAX_ERROR_CHARS
         message = f"{message[:MAX_ERROR_CHARS]}... [{cut} more characters cut]"
-    return h.ErrorInfo(type=type_[:256], message=message)
+    return h.ErrorInfo(type=type_[:256], message=message, traceback=trace or None)

@@ -73,6 +73,9 @@ def clock(stamp: str) -> str:
     return stamp.ljust(12)
 
 
+TRACE_LINES = 8  # innermost frames shown by `jetlane status` (--json has them all)
+
+
 def describe(msg: h.Message) -> tuple[str, str, str]:
     """(step, attempt, detail) of a history message, for the human timeline."""
     fields = msgspec.to_builtins(msg.body)
@@ -173,6 +176,8 @@ class Printer:
         ]
         if status.error is not None:
             rows.append(("error", f"{status.error.type}: {status.error.message}"))
+            for frame in (status.error.traceback or [])[-TRACE_LINES:]:
+                rows.append(("", f"  at {frame.file}:{frame.line} in {frame.function}"))
         if status.status == "completed":
             rows.append(("output", short(status.output, 400)))
         if status.detail:
