@@ -214,12 +214,32 @@ async def test_errors_are_one_line_with_an_exit_code(
     await error("history", *conn, code=2, says="history takes a RUN_ID or --all")
 
 
-async def test_unserved_job_is_queued_with_a_warning(conn: list[str]) -> None:
-    result = await jetlane("start", "nobody-serves-this", "--id", "q1", *conn)
-    assert result.code == 0
+async def test_unserved_job_is_refused_with_a_did_you_mean_unless_queued(
+    conn: list[str], served: None
+) -> None:
+    typo = await jetlane("start", "aproval", "--input", '{"change": "c"}', *conn)
+    assert typo.code == 2
+    assert "no runner serves job 'aproval'; did you mean 'approval'?" in typo.err
+    assert "--queue-unserved" in typo.err
+    result = await jetlane("start", "nobody-serves-this", "--id", "q1", "--queue-unserved", *conn)
+    assert result.code == 0, result.err
     assert "no runner serves job 'nobody-serves-this'" in result.err
     status = await jetlane("status", "q1", "--json", *conn)
     assert json.loads(status.out)["status"] == "queued"
+
+
+async def test_jobs_lists_what_runners_serve_with_input_schemas(
+    conn: list[str], served: None
+) -> None:
+    listed = await jetlane("jobs", "--json", *conn)
+    assert listed.code == 0 and {j["name"] for j in listed.json_lines()} == {"approval", "fails"}
+    one = await jetlane("jobs", "approval", "--json", *conn)
+    [described] = one.json_lines()
+    assert described["name"] == "approval" and described["takes_input"] is True
+    assert "change" in described["input_schema"]["$defs"]["ApprovalInput"]["properties"]
+    missing = await jetlane("start", "approval", *conn)
+    assert missing.code == 2
+    assert "--input is required for job 'approval': schema" in missing.err
 
 
 async def test_flags_read_the_environment(
@@ -368,7 +388,9 @@ async def test_dev_starts_nats_and_a_runner_and_stops_both(tmp_path: Path) -> No
                 "event", "d1", "approval", "--payload", '{"approved": true}', "--nats", url
             )
         ).code == 0
-        waited = await jetlane("start", "fails", "--nats", url, "--timeout", "1", "--wait")
+        waited = await jetlane(
+            "start", "fails", "--nats", url, "--timeout", "1", "--wait", "--queue-unserved"
+        )
         assert waited.code == 1  # `fails` is not in jobs/: queued with a warning, never run
         proc.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(proc.wait(), 20) == 0

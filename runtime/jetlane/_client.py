@@ -175,6 +175,20 @@ class Client:
                 status.status = "running"  # a runner has it: its first step is under way
         return status
 
+    async def jobs(self, *, wait: float = 0.3) -> dict[str, dict[str, Any]]:
+        """The jobs live runners serve, by name: whether each takes an input, its JSON
+        Schema and function-lane timeout (runners answer within ``wait`` seconds)."""
+        found: dict[str, dict[str, Any]] = {}
+        for reply in await self.log.gather(self.log.names.jobs_subject, b"", wait):
+            try:
+                described = msgspec.json.decode(reply)
+            except msgspec.DecodeError:
+                continue  # not a runner's answer
+            for job in described if isinstance(described, list) else []:
+                if isinstance(job, dict) and isinstance(job.get("name"), str):
+                    found.setdefault(job["name"], job)
+        return found
+
     async def served(self, job: str) -> bool:
         """Whether any live runner serves ``job`` (runners answer its validation subject)."""
         subject = f"{self.log.names.prefix}.api.validate.{job}"

@@ -51,7 +51,7 @@ import structlog
 
 from ._core import history as h
 from ._core.context import Plugins
-from ._core.definition import Job, registry
+from ._core.definition import Job, describe_job, registry
 from ._core.durations import format_time
 from ._core.errors import (
     DecodeError,
@@ -660,5 +660,10 @@ class Runner:
             stops.append(
                 await self.log.serve(self.log.names.wake(name), wake, queue="jetlane-runners")
             )
+
+        async def jobs(data: bytes) -> bytes:
+            return msgspec.json.encode([describe_job(job) for job in self.jobs.values()])
+
+        stops.append(await self.log.serve(self.log.names.jobs_subject, jobs))
         await self.log.flush()  # the server knows the subscriptions before we say ready
         return stops

@@ -150,3 +150,20 @@ def registry() -> dict[str, Job]:
 
 def get_job(name: str) -> Job | None:
     return _registry.get(name)
+
+
+def describe_job(job: Job) -> dict[str, Any]:
+    """What a runner tells about a job it serves: its name, whether it takes an input
+    and that input's JSON Schema (msgspec's), and its function-lane timeout."""
+    schema: Any = None
+    if job.takes_input:
+        try:
+            schema = msgspec.json.schema(job.input_type)
+        except (TypeError, ValueError):
+            schema = {}  # a type msgspec cannot describe: any JSON is tried
+    return {
+        "name": job.name,
+        "takes_input": job.takes_input,
+        "input_schema": schema,
+        "timeout": job.timeout,
+    }

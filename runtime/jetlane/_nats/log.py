@@ -168,6 +168,24 @@ class Log:
             reply = await self.nc.request(subject, data, timeout=timeout)
         return bytes(reply.data)
 
+    async def gather(self, subject: str, data: bytes, wait: float) -> list[bytes]:
+        """Ask everyone listening on ``subject`` (no queue group); the replies that come
+        within ``wait`` seconds."""
+        inbox = self.nc.new_inbox()
+        replies: list[bytes] = []
+
+        async def collect(msg: Msg) -> None:
+            replies.append(bytes(msg.data))
+
+        with nats_errors(f"a scatter-gather on {subject}"):
+            sub = await self.nc.subscribe(inbox, cb=collect)
+            try:
+                await self.nc.publish(subject, data, reply=inbox)
+                await asyncio.sleep(wait)  # a deadline: how long runners have to answer
+            finally:
+                await sub.unsubscribe()
+        return replies
+
     async def serve(
         self,
         subject: str,

@@ -63,6 +63,11 @@ class Names:
         """Where runners serving ``job_name`` hear "a waiting run of yours can go on"."""
         return f"{self.prefix}.api.wake.{job_name}"
 
+    @property
+    def jobs_subject(self) -> str:
+        """Where every runner answers "which jobs do you serve?" (no queue group)."""
+        return f"{self.prefix}.api.jobs"
+
     def run_inputs_and_journal(self, run_id: str) -> str:
         """Both subjects of one run: the scope of the journal's fence."""
         return f"{self.prefix}.run.{run_id}.*"

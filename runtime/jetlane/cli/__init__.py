@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
+import json
 import os
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -213,6 +215,17 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--id", dest="run_id", help="run id (default: a random one)")
     start.add_argument("--wait", action="store_true", help="follow the run until it ends")
     start.add_argument("--timeout", type=float, help="with --wait: give up after SECONDS")
+    _switch(
+        start,
+        "--queue-unserved",
+        "JETLANE_QUEUE_UNSERVED",
+        "start even when no runner serves the job (the run waits for one)",
+    )
+
+    jobs = sub.add_parser(
+        "jobs", parents=[conn, out], help="the jobs live runners serve (NAME: its input schema)"
+    )
+    jobs.add_argument("name", nargs="?")
 
     event = sub.add_parser("event", parents=[conn, out], help="send an event to a run")
     event.add_argument("run_id")
@@ -303,14 +316,63 @@ def warn(text: str) -> None:
 # -- commands -------------------------------------------------------------------
 
 
+async def check_served(client: Client, job: str, *, queue: bool) -> dict[str, Any] | None:
+    """Refuse a start no runner can take (unless queued on purpose); what the runners
+    say about the job when one serves it."""
+    jobs = await client.jobs()
+    served = jobs.get(job)
+    if served is None and not await client.served(job):
+        if queue:
+            warn(f"no runner serves job {job!r} now; the run waits until one does")
+            return None
+        close = difflib.get_close_matches(job, list(jobs), n=3)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        known = f" (served: {', '.join(sorted(jobs))})" if jobs and not close else ""
+        raise CliError(
+            f"no runner serves job {job!r}{hint}{known}; "
+            "start it anyway with --queue-unserved (it waits for a runner)",
+            EXIT_USAGE,
+        )
+    return served
+
+
+async def cmd_jobs(args: argparse.Namespace) -> int:
+    printer = Printer(json_lines=want_json(args.json))
+    async with open_client(args, long_lived=False) as client:
+        jobs = await client.jobs()
+    if args.name is not None:
+        if args.name not in jobs:
+            close = difflib.get_close_matches(args.name, list(jobs), n=3)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise CliError(f"no runner serves job {args.name!r}{hint}", EXIT_ERROR)
+        shown = [jobs[args.name]]
+    else:
+        shown = [jobs[name] for name in sorted(jobs)]
+    for job in shown:
+        if printer.json_lines:
+            printer.emit(job)
+        elif args.name is not None:
+            print(f"{job['name']}  input schema: {json.dumps(job.get('input_schema'))}")
+        else:
+            print(job["name"])
+    return EXIT_OK
+
+
 async def cmd_start(args: argparse.Namespace) -> int:
     payload = read_input(args)
     json_lines = want_json(args.json)
     printer = Printer(json_lines=json_lines)
     async with open_client(args, long_lived=args.wait) as client:
-        if not await client.served(args.job):
-            warn(f"no runner serves job {args.job!r} now; the run waits until one does")
-        run = await client.start(args.job, payload, run_id=args.run_id)
+        served = await check_served(client, args.job, queue=args.queue_unserved)
+        try:
+            run = await client.start(args.job, payload, run_id=args.run_id)
+        except InputError as exc:
+            if payload is None and served is not None:
+                schema = json.dumps(served.get("input_schema"))
+                raise CliError(
+                    f"--input is required for job {args.job!r}: schema {schema}", EXIT_USAGE
+                ) from exc
+            raise
         if not args.wait:
             if args.json:
                 printer.emit({"run_id": run.id, "job": args.job})
@@ -488,6 +550,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "status": cmd_status,
     "history": cmd_history,
     "cancel": cmd_cancel,
+    "jobs": cmd_jobs,
 }
 
 
