@@ -73,6 +73,12 @@ class Store(Protocol):
         ...
 
 
+# How long after a fenced append (which proves no input came) the next step may start
+# without reading the inbox first: the handler's code between two steps usually takes
+# microseconds; past this, a cancel stored meanwhile must be read.
+SYNC_WINDOW = 0.002
+
+
 class Handback(Exception):
     """The driver is stopping: give the run back instead of starting another step."""
 
@@ -166,12 +172,15 @@ class Driver:
         # append (which the server refuses when an input came), false once a step has
         # run. False at first: replaying the handler to its frontier takes time too.
         synced = False
+        loop = asyncio.get_running_loop()
+        synced_at = 0.0
         while True:
             decision = await replay.next(reply)
             if first_decision is not None:
                 first_decision()  # a full replay ends at the first decision: the frontier
                 first_decision = None
-            synced = await self.flush(replay) or synced
+            if await self.flush(replay):
+                synced, synced_at = True, loop.time()
             reply = None
             if isinstance(decision, Checkpoint):
                 # The step's outcome is written; a cancel or pause it brought in is
@@ -185,9 +194,10 @@ class Driver:
                 continue
             if not isinstance(decision, Execute):
                 return decision
-            if not synced:
-                # No fenced append since the last step ran: read the inbox, so that a
-                # cancel or pause stored meanwhile is seen before the next step starts.
+            if not synced or loop.time() - synced_at > SYNC_WINDOW:
+                # No fenced append since the last step ran, or the handler's own code
+                # ran a while since: read the inbox, so that a cancel or pause stored
+                # meanwhile is seen before the next step starts.
                 await self.ingest_tail(replay)
             if replay.cancel_pending:
                 decision = await replay.next(None)

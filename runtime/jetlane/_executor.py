@@ -16,6 +16,7 @@ import asyncio
 import contextvars
 import inspect
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -27,8 +28,9 @@ from ._core.errors import NonRetryableError, StepTimeout
 class StepExecutor:
     """Runs ``Execute`` decisions; ``size`` threads for sync step functions."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, *, clock: Callable[[], datetime] | None = None) -> None:
         self.size = size
+        self.clock = clock or (lambda: datetime.now(UTC))
         self._threads = self._new_pool()
         self._stuck = 0  # threads still running a step whose attempt timed out
 
@@ -37,7 +39,7 @@ class StepExecutor:
 
     async def run(self, ex: Execute) -> Outcome:
         """One attempt: its result, or the error it failed with (never raised)."""
-        started = datetime.now(UTC)
+        started = self.clock()
         t0 = time.perf_counter()
         error: BaseException | None = None
         result: Any = None

@@ -49,10 +49,12 @@ from ._core.errors import (
     RunAlreadyExists,
     RunFailedError,
     RunNotFound,
+    StepTimeout,
 )
 from ._core.replay import Blocked, Execute, Finished, Outcome, Park, Replay
 from ._core.status import RunStatus, summarize
 from ._drive import Driver
+from ._executor import StepExecutor
 
 __all__ = [
     "Environment",
@@ -180,13 +182,16 @@ class Environment:
         self.clock = VirtualClock(start)
         self.store = MemoryStore(self.clock)
         self._random = random.Random(seed)
+        # Steps run as on a runner (sync functions in threads, timeouts as StepTimeout),
+        # stamped with the virtual clock.
+        self._steps = StepExecutor(4, clock=self.clock)
         self._driver = Driver(self.store, self._execute)
 
     async def __aenter__(self) -> Environment:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        return None
+        self._steps.close()
 
     # -- what a client does -------------------------------------------------------
 
@@ -301,21 +306,34 @@ class Environment:
                         self.store.schedules[(run_id, spec.token)] = (spec.fire_at, spec.body)
         finally:
             await replay.aclose()
+        ended = decision.entry if isinstance(decision, Finished) else None
+        timed_out = isinstance(ended, h.RunFailed) and ended.error.type == "FunctionTimeout"
+        if isinstance(ended, h.RunCompleted | h.RunFailed) and not timed_out:
+            # A run that ended in one go was never replayed: replay it now, so that code
+            # that is not deterministic fails here as it would after a runner restart.
+            await replay_async(self.jobs[start.job], self.store.runs[run_id], plugins=self.plugins)
 
     async def _execute(self, replay: Replay, ex: Execute) -> Outcome:
-        return await run_step(ex, self.clock())
+        return await self._steps.run(ex)
 
     def _uuid(self) -> str:
         return uuid.UUID(bytes=self._random.randbytes(16), version=4).hex
 
 
 async def run_step(ex: Execute, started: datetime, duration_ms: float = 0.0) -> Outcome:
-    """Run one step attempt on the loop (tests: no threads, no real time)."""
+    """Run one step attempt on the loop with a fixed start and duration (journals that
+    tests compare stay equal); errors as a runner records them."""
+    scope: asyncio.Timeout | None = None
     try:
-        async with asyncio.timeout(ex.timeout):
+        async with asyncio.timeout(ex.timeout) as scope:
             result = ex.fn()
             if inspect.isawaitable(result):
                 result = await result
+    except TimeoutError as exc:
+        error: BaseException = exc
+        if scope is not None and scope.expired():
+            error = StepTimeout(f"step {ex.step!r} attempt {ex.attempt} timed out")
+        return Outcome(started_at=started, duration_ms=duration_ms, error=error)
     except Exception as exc:  # the step function's own error: a failed attempt
         return Outcome(started_at=started, duration_ms=duration_ms, error=exc)
     return Outcome(started_at=started, duration_ms=duration_ms, result=result)
@@ -364,21 +382,27 @@ def load_history(source: str | Path | Iterable[h.Message | Mapping[str, Any]]) -
 
 
 async def replay_async(
-    job: Job, history: str | Path | Iterable[h.Message | Mapping[str, Any]]
+    job: Job | Callable[..., Any],
+    history: str | Path | Iterable[h.Message | Mapping[str, Any]],
+    *,
+    plugins: Mapping[str, Any] | Plugins | None = None,
 ) -> None:
     """``replay``, for async tests."""
+    job = _as_job(job)
+    if plugins is None:
+        given: Any = _AnyPlugins()
+    else:
+        given = plugins if isinstance(plugins, Plugins) else Plugins(dict(plugins))
     messages = load_history(history)
     if not messages:
         raise ConfigError("the history is empty")
     # Run the handler through the whole record: leave out how the run ended (and the
-    # cancel that ended it), so that the code is checked to the end.
-    kept = [
-        m
-        for m in messages
-        if not isinstance(m.body, h.RunCompleted | h.RunFailed | h.RunCancelled | h.Cancel)
-    ]
+    # cancel that ended it) and any pause (a paused run would not start the handler),
+    # so that the code is checked to the end.
+    left_out = h.RunCompleted | h.RunFailed | h.RunCancelled | h.Cancel | h.Pause | h.Resume
+    kept = [m for m in messages if not isinstance(m.body, left_out)]
     last = max((parse_time(m.time) for m in messages if m.time), default=EPOCH)
-    core = Replay(job, messages[0].run_id, clock=lambda: last)
+    core = Replay(job, messages[0].run_id, clock=lambda: last, plugins=given)
     try:
         for message in kept:
             core.ingest(message)
@@ -400,8 +424,34 @@ async def replay_async(
         await core.aclose()
 
 
-def replay(job: Job, history: str | Path | Iterable[h.Message | Mapping[str, Any]]) -> None:
-    """Replay a recorded history against the current code of ``job``.
+class _Anything:
+    """Stands in for a plugin during a replay: step functions never run there, so the
+    handler only needs something to build its lambdas from."""
+
+    def __getattr__(self, name: str) -> _Anything:
+        return self
+
+    def __call__(self, *args: Any, **kwargs: Any) -> _Anything:
+        return self
+
+
+class _AnyPlugins:
+    def __getattr__(self, name: str) -> _Anything:
+        return _Anything()
+
+    def __getitem__(self, name: str) -> _Anything:
+        return _Anything()
+
+
+def replay(
+    job: Job | Callable[..., Any],
+    history: str | Path | Iterable[h.Message | Mapping[str, Any]],
+    *,
+    plugins: Mapping[str, Any] | Plugins | None = None,
+) -> None:
+    """Replay a recorded history against the current code of ``job`` (a ``Job`` or an
+    ``@job`` handler). Step functions never run; ``ctx.plugins`` gives stand-ins unless
+    ``plugins`` are given (for handlers that call plugins outside steps).
 
     Raises ``NonDeterminismError`` (naming the step, with what the history
     records and what the code asks for) when a run with this history would
@@ -410,6 +460,6 @@ def replay(job: Job, history: str | Path | Iterable[h.Message | Mapping[str, Any
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        asyncio.run(replay_async(job, history))
+        asyncio.run(replay_async(job, history, plugins=plugins))
         return
     raise ConfigError("replay() runs its own event loop: use `await replay_async(...)` here")

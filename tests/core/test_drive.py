@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -84,3 +85,36 @@ async def test_a_cancel_stored_while_a_step_outcome_is_written_ends_the_run() ->
     replay.close()
     assert isinstance(decision, Finished) and isinstance(decision.entry, h.RunCancelled)
     assert ran == ["a"]  # b never started
+
+
+async def test_a_cancel_stored_while_the_handler_runs_between_steps_stops_the_next() -> None:
+    """The handler's own code between two steps takes a while (here: it awaits); a cancel
+    stored meanwhile is read before the next step starts (found by review: the fenced
+    append of the first step's outcome had been taken as proof for too long)."""
+    ran: list[str] = []
+    between = asyncio.Event()
+    proceed = asyncio.Event()
+
+    async def slow_between(ctx: Context) -> str:
+        await step.do("a", lambda: ran.append("a"))
+        between.set()
+        await proceed.wait()  # orchestrator code that takes time
+        await step.do("b", lambda: ran.append("b"))
+        return "done"
+
+    job = define_job(name="between", handler=slow_between, register=False)
+    clock = VirtualClock()
+    store = MemoryStore(clock)
+    store.add("x", "in", h.Start(job="between"))
+    replay = Replay(job, "x", clock=clock)
+    for message in await store.read("x"):
+        replay.ingest(message)
+    driving = asyncio.create_task(Driver(store, lambda r, ex: run_step(ex, clock())).settle(replay))
+    await asyncio.wait_for(between.wait(), 5)
+    store.add("x", "in", h.Cancel(reason="now"))
+    await asyncio.sleep(0.01)  # longer than the window a fenced append vouches for
+    proceed.set()
+    decision = await asyncio.wait_for(driving, 5)
+    await replay.aclose()
+    assert isinstance(decision, Finished) and isinstance(decision.entry, h.RunCancelled)
+    assert ran == ["a"]

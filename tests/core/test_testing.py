@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from jobs.approval import DemoApprovals, approval
@@ -14,12 +16,16 @@ from jobs.rolling_deploy import DemoDeployer, rolling_deploy
 from jetlane import (
     Context,
     NonDeterminismError,
+    RetryPolicy,
     RunFailedError,
+    StepFailed,
     define_job,
     step,
 )
 from jetlane import wire as h
-from jetlane.testing import Environment, replay
+from jetlane.testing import Environment, replay, replay_async
+
+ONCE = RetryPolicy(limit=0)
 
 
 async def test_approval_is_applied_when_approved() -> None:
@@ -159,3 +165,45 @@ def test_replay_accepts_compatible_code_and_names_the_step_that_changed(
     with pytest.raises(NonDeterminismError) as caught:
         replay(define_job(name="n", handler=renamed, register=False), path)
     assert "'two'" in str(caught.value) and "'TWO'" in str(caught.value)
+
+
+# -- what the second review found ---------------------------------------------------------
+
+
+async def test_replay_takes_a_decorated_handler_and_checks_paused_runs(tmp_path: Path) -> None:
+    async with Environment(jobs=[approval], plugins={"approvals": DemoApprovals()}) as env:
+        run = await env.start("approval", {"change": "P"})
+        assert await env.pause(run.id)  # paused while it waits: often so before a deploy
+        path = tmp_path / "paused.jsonl"
+        path.write_text("\n".join(json.dumps(m.to_json()) for m in await env.history(run.id)))
+    await replay_async(approval, path)  # plugins stand in: step functions never run
+
+    async def renamed(ctx: Context, input: Any) -> None:
+        await step.do("ask-for-approval", lambda: None)
+
+    with pytest.raises(NonDeterminismError, match="ask-for-approval"):
+        await replay_async(define_job(name="approval", handler=renamed, register=False), path)
+
+
+async def test_a_step_timeout_is_recorded_as_on_a_runner() -> None:
+    async def slow(ctx: Context) -> str:
+        try:
+            await step.do("slow", lambda: asyncio.sleep(5), timeout=0.05, retries=ONCE)
+        except StepFailed as exc:
+            return exc.type
+        return "?"
+
+    async with Environment(jobs=[define_job(name="slow", handler=slow, register=False)]) as env:
+        assert await (await env.start("slow")).result() == "StepTimeout"
+
+
+async def test_non_determinism_in_a_run_that_never_parks_fails_the_test() -> None:
+    calls = iter(range(100))
+
+    async def nondet(ctx: Context) -> str:
+        await step.do(f"fetch-{next(calls)}", lambda: 1)  # a name that changes per replay
+        return "ok"
+
+    async with Environment(jobs=[define_job(name="nd", handler=nondet, register=False)]) as env:
+        with pytest.raises(NonDeterminismError, match="fetch-"):
+            await env.start("nd")
