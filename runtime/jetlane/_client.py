@@ -192,13 +192,20 @@ class Client:
     async def served(self, job: str) -> bool:
         """Whether any live runner serves ``job`` (runners answer its validation subject)."""
         subject = f"{self.log.names.prefix}.api.validate.{job}"
-        try:
-            await self.log.ask(subject, b"null", timeout=1.0)
-        except NoResponders:
-            return False
-        except TimeoutError:
-            return True  # a runner exists but is slow to answer
-        return True
+        for attempt in range(2):
+            try:
+                await self.log.ask(subject, b"null", timeout=1.0)
+            except NoResponders:
+                if attempt == 0:
+                    # Asked once more before saying no: a refused start is worse than
+                    # a 100 ms pause (a runner may be re-subscribing after a reconnect).
+                    await asyncio.sleep(0.1)
+                    continue
+                return False
+            except TimeoutError:
+                return True  # a runner exists but is slow to answer
+            return True
+        return False
 
     async def result(self, run_id: str, *, timeout: float | None = None) -> Any:
         """Wait for the run to end; its output, or ``RunFailedError``."""

@@ -58,6 +58,7 @@ from ._core.errors import (
     FenceLost,
     InputError,
     JetlaneError,
+    describe,
 )
 from ._core.replay import (
     DEFAULT_MAX_PAYLOAD,
@@ -67,6 +68,8 @@ from ._core.replay import (
     Outcome,
     Park,
     Replay,
+    bounded_error,
+    frames,
 )
 from ._core.status import RunStatus, summarize, update
 from ._drive import Driver, Handback, Outdated
@@ -94,6 +97,8 @@ class RunnerConfig:
     # How often runners look again for waiting runs of their jobs (besides at start).
     wake_interval: float = 300.0
 
+
+LOGGED_CHARS = 2000  # of an error message in a log line (the journal keeps 8 KiB)
 
 # A fired timer this far ahead of our clock is taken as our clock lagging the server's.
 MAX_CLOCK_SKEW = 5.0
@@ -442,7 +447,7 @@ class Runner:
                         run_id=run_id,
                         job=replay.job.name,
                         step=replay.current_step,
-                        error=f"{ended.error.type}: {ended.error.message}",
+                        error=f"{ended.error.type}: {ended.error.message[:LOGGED_CHARS]}",
                         at=[f"{f.file}:{f.line} {f.function}" for f in ended.error.traceback or []],
                     )
                 await self._moved_on(session)
@@ -513,14 +518,17 @@ class Runner:
         (counters.completed if outcome.error is None else counters.failed).inc()
         counters.seconds.observe(outcome.duration_ms / 1000)
         if outcome.error is not None:
+            # Bounded, and no exc_info: a renderer that prints locals would print every
+            # secret and megabyte a failing step held.
+            info = bounded_error(*describe(outcome.error), frames(outcome.error))
             logger.error(
                 "step attempt failed",
                 run_id=replay.run_id,
                 job=replay.job.name,
                 step=ex.step,
                 attempt=ex.attempt,
-                error=f"{type(outcome.error).__name__}: {outcome.error}",
-                exc_info=outcome.error,
+                error=f"{info.type}: {info.message[:LOGGED_CHARS]}",
+                at=[f"{f.file}:{f.line} {f.function}" for f in info.traceback or []],
             )
         return outcome
 
