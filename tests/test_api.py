@@ -131,6 +131,20 @@ async def test_start_status_history_and_list(
     assert page["next_cursor"] is None
 
 
+async def test_jobs_lists_what_runners_serve_with_input_schemas(
+    api: Api, start_runner: StartRunner
+) -> None:
+    http = await api()
+    assert (await http.get("/jobs")).json() == {"jobs": []}
+    await start_runner([GREET])
+    [job] = (await http.get("/jobs")).json()["jobs"]
+    assert job["name"] == "api-greet" and job["takes_input"] is True
+    assert "name" in job["input_schema"]["$defs"]["Name"]["properties"]
+    assert (await http.get("/jobs/api-greet")).json() == job
+    typo = await http.get("/jobs/api-gret")
+    assert typo.status_code == 404 and "did you mean 'api-greet'" in error(typo)["message"]
+
+
 async def test_start_errors(api: Api, client: Client, start_runner: StartRunner) -> None:
     await start_runner([GREET])
     http = await api()

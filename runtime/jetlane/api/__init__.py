@@ -10,6 +10,7 @@ Routes (every error body is ``{"error": {"type", "message"[, "field"]}}``)::
     POST /runs/{id}/cancel     {reason?}                  202
     POST /runs/{id}/pause      {reason?}                  202
     POST /runs/{id}/resume                                202
+    GET  /jobs, /jobs/{name}       the jobs live runners serve, with input schemas
     GET  /openapi.json, /healthz, /readyz
 
 Starlette was chosen over a larger framework: it is small, maintained, built
@@ -124,6 +125,8 @@ def create_app(
         Route("/runs/{id}/cancel", guarded(api.cancel), methods=["POST"]),
         Route("/runs/{id}/pause", guarded(api.pause), methods=["POST"]),
         Route("/runs/{id}/resume", guarded(api.resume), methods=["POST"]),
+        Route("/jobs", guarded(api.jobs), methods=["GET"]),
+        Route("/jobs/{name}", guarded(api.job), methods=["GET"]),
         Route("/openapi.json", api.openapi, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/readyz", guarded(api.readyz), methods=["GET"]),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import typing
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ from .schema import (
     EventRequest,
     Health,
     HistoryEntry,
+    JobInfo,
+    JobList,
     RunPage,
     StartRequest,
     StartResponse,
@@ -187,6 +190,22 @@ class Endpoints:
 
     async def openapi(self, request: Request) -> Response:
         return Response(self.openapi_doc, media_type="application/json")
+
+    async def jobs(self, request: Request) -> Response:
+        """GET /jobs."""
+        served = await self.client.jobs()
+        listed = [msgspec.convert(served[name], JobInfo) for name in sorted(served)]
+        return json_response(JobList(jobs=listed))
+
+    async def job(self, request: Request) -> Response:
+        """GET /jobs/{name}."""
+        name = str(request.path_params["name"])
+        served = await self.client.jobs()
+        if name not in served:
+            close = difflib.get_close_matches(name, list(served), n=3)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise ApiError(404, "JobNotServed", f"no runner serves job {name!r}{hint}", "name")
+        return json_response(msgspec.convert(served[name], JobInfo))
 
     async def healthz(self, request: Request) -> Response:
         return json_response(Health(status="ok"))

@@ -103,6 +103,19 @@ class Health(msgspec.Struct, kw_only=True):
     status: str
 
 
+class JobInfo(msgspec.Struct, kw_only=True):
+    """A job a live runner serves: whether it takes an input, and that input's JSON Schema."""
+
+    name: str
+    takes_input: bool
+    input_schema: Any = None
+    timeout: float | None = None
+
+
+class JobList(msgspec.Struct, kw_only=True):
+    jobs: list[JobInfo]
+
+
 _MODELS: Final = (
     StartRequest,
     StartResponse,
@@ -115,6 +128,8 @@ _MODELS: Final = (
     HistoryEntry,
     ErrorBody,
     Health,
+    JobInfo,
+    JobList,
 )
 _REF: Final = "#/components/schemas/{name}"
 
@@ -281,6 +296,31 @@ def openapi(*, secured: bool, version: str) -> dict[str, Any]:
                 secured=s,
                 parameters=[_ID_PARAM],
                 description="409: the run has ended.",
+            )
+        },
+        "/jobs": {
+            "get": _op(
+                "The jobs live runners serve",
+                {"200": _json(JobList, "each job and its input schema"), **_errors(503)},
+                secured=s,
+                description="Start a run of one of these with POST /runs; its `input` must "
+                "fit the job's `input_schema`.",
+            )
+        },
+        "/jobs/{name}": {
+            "get": _op(
+                "One job a live runner serves",
+                {"200": _json(JobInfo, "the job and its input schema"), **_errors(404, 503)},
+                secured=s,
+                parameters=[
+                    {
+                        "name": "name",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$"},
+                    }
+                ],
+                description="404: no live runner serves the job.",
             )
         },
         "/openapi.json": {
