@@ -191,7 +191,8 @@ def openapi(*, secured: bool, version: str) -> dict[str, Any]:
                 secured=s,
                 requestBody=_body(StartRequest),
                 description="404: no runner serves the job. 409: a run with this id exists. "
-                "422: a field is invalid or the input does not fit the job's input type.",
+                "422: a field is invalid or the input does not fit the job's input type. "
+                "The jobs served and each input's JSON Schema: GET /jobs, GET /jobs/{name}.",
             ),
             "get": _op(
                 "List runs, newest first",
