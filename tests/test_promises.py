@@ -575,3 +575,45 @@ async def test_bug17_the_puller_hands_each_message_on_as_it_arrives(log: Log) ->
         pulling.cancel()
     finally:
         await puller.stop()
+
+
+# -- issue 11, point 3: non-determinism shows at once when every wake-up replays -----
+
+
+async def test_replay_always_surfaces_non_determinism_at_the_next_wake_up(
+    client: Client, start_runner: StartRunner
+) -> None:
+    calls = iter(range(1000))
+
+    async def nondet(ctx: Context) -> str:
+        await step.do(f"fetch-{next(calls)}", lambda: 1)  # e.g. a name built from now()
+        await step.sleep("nap", 0.2)
+        return "done"
+
+    job = define_job(name="nondet", handler=nondet, register=False)
+    await start_runner([job], cache_size=0)  # what jetlane dev and --replay-always run
+    await client.start("nondet", run_id="nd1")
+
+    async def blocked() -> bool:
+        return (await client.status("nd1")).status == "blocked"
+
+    await eventually(blocked, what="the run to block at its first replay")
+    status = await client.status("nd1")
+    assert status.error is not None and "datetime.now()" in status.error.message
+
+
+def test_dev_replays_every_wake_up_unless_asked_and_the_runner_on_request() -> None:
+    from jetlane.cli import _runner_config, build_parser
+
+    parser = build_parser()
+    dev = parser.parse_args(["dev"])
+    assert _runner_config(dev).cache_size == 0
+    assert _runner_config(parser.parse_args(["dev", "--cache-runs"])).cache_size > 0
+    runner = parser.parse_args(["runner", "--jobs", "jobs"])
+    assert _runner_config(runner).cache_size > 0
+    assert (
+        _runner_config(
+            parser.parse_args(["runner", "--jobs", "jobs", "--replay-always"])
+        ).cache_size
+        == 0
+    )

@@ -39,10 +39,13 @@ ATOM_CALL = {"do": "step.do", "sleep": "step.sleep", "wait": "step.wait_for_even
 
 
 ADVICE = (
-    ". The job's code changed under a running run: deploy code that issues the recorded "
-    "steps in the same order (put new logic behind a new job name or a new step after "
-    "the recorded ones), or cancel the run. The run is blocked, not failed, and resumes "
-    "once compatible code serves it."
+    ". The handler did not do what it did before. Usual causes: code outside steps that "
+    "is not deterministic (datetime.now(), uuid4(), random, iteration over a set or over "
+    "os.listdir, a value read from a plugin or the network outside step.do: use ctx.now(), "
+    "ctx.uuid(), ctx.random() or a step), or the job's code changed under a running run "
+    "(deploy code that issues the recorded steps in the same order: put new logic behind "
+    "a new job name or a new step after the recorded ones, or cancel the run). The run is "
+    "blocked, not failed, and resumes once compatible code serves it."
 )
 
 

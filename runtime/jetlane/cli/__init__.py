@@ -161,6 +161,22 @@ def _runner_flags(parser: argparse.ArgumentParser, *, jobs_required: bool) -> No
     )
     _flag(parser, "--log-level", "JETLANE_LOG_LEVEL", "debug, info, warning or error", "info")
     _switch(parser, "--log-json", "JETLANE_LOG_JSON", "JSON log lines even in a terminal")
+    if jobs_required:
+        _switch(
+            parser,
+            "--replay-always",
+            "JETLANE_REPLAY_ALWAYS",
+            "replay every run from its history at every wake-up (no parked-run cache): "
+            "code that is not deterministic blocks at once, not after a restart",
+        )
+    else:
+        _switch(
+            parser,
+            "--cache-runs",
+            "JETLANE_DEV_CACHE_RUNS",
+            "keep parked runs in memory as a runner does (dev replays every wake-up, "
+            "so that code that is not deterministic shows at once)",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -504,8 +520,12 @@ async def cmd_cancel(args: argparse.Namespace) -> int:
 def _runner_config(args: argparse.Namespace) -> RunnerConfig:
     if args.concurrency < 1:
         raise CliError("--concurrency must be at least 1", EXIT_USAGE)
+    replay_always = getattr(args, "replay_always", False) or not getattr(args, "cache_runs", True)
     return RunnerConfig(
-        concurrency=args.concurrency, ack_wait=args.ack_wait, drain_timeout=args.drain_timeout
+        concurrency=args.concurrency,
+        ack_wait=args.ack_wait,
+        drain_timeout=args.drain_timeout,
+        cache_size=0 if replay_always else RunnerConfig().cache_size,
     )
 
 
