@@ -26,13 +26,18 @@ from jetlane.embedded import EmbeddedNats
 from .helpers import StartRunner
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+PROTOCOL = README.parent / "docs" / "protocol.md"  # the README's wire protocol, in full
 DEFAULT_URL = "nats://127.0.0.1:4222"
 _TESTED = re.compile(r"<!-- readme-test: (\w+) -->\s*```\w+\n(.*?)```", re.S)
 _WIRE = re.compile(r"<!-- wire: (\w+) -->\s*```json\n(.*?)```", re.S)
 
 
+def documents() -> str:
+    return README.read_text() + PROTOCOL.read_text()
+
+
 def blocks() -> dict[str, str]:
-    return dict(_TESTED.findall(README.read_text()))
+    return dict(_TESTED.findall(documents()))
 
 
 @pytest.fixture
@@ -42,7 +47,7 @@ def names() -> Names:
 
 
 def test_every_wire_kind_is_documented_with_an_example_that_decodes() -> None:
-    examples = _WIRE.findall(README.read_text())
+    examples = _WIRE.findall(documents())
     documented = {kind for kind, _ in examples}
     assert documented == set(h.INPUT_KINDS) | set(h.JOURNAL_KINDS)
     for kind, text in examples:

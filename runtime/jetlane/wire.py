@@ -2,8 +2,8 @@
 
 What ``Client.history()`` yields (``Message``) and what ``RunStatus.error`` holds
 (``ErrorInfo``) live here, with the input and journal bodies as frozen msgspec
-Structs, their ``Jetlane-Kind`` names, and ``encode``/``decode``. The README's
-"wire protocol" section documents each kind with an example::
+Structs, their ``Jetlane-Kind`` names, and ``encode``/``decode``. The
+repository's docs/protocol.md documents each kind with an example::
 
     from jetlane import wire
 

@@ -79,7 +79,7 @@ class RunPage(msgspec.Struct, kw_only=True):
 
 
 class HistoryEntry(msgspec.Struct, kw_only=True):
-    """One message of a run's log (the wire protocol's kinds; ``body`` as the README lists)."""
+    """One message of a run's log (its kinds and bodies: docs/protocol.md)."""
 
     seq: int
     run_id: str
