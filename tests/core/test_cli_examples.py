@@ -10,7 +10,7 @@ import jobs.batch_etl
 import jobs.rolling_deploy
 
 from jetlane import registry
-from jetlane.cli import example_input, try_start
+from jetlane.cli.examples import example_input, try_start
 
 
 def test_the_suggested_start_fits_the_job() -> None:

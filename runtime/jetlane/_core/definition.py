@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import typing
 from collections.abc import Awaitable, Callable
@@ -167,3 +168,9 @@ def describe_job(job: Job) -> dict[str, Any]:
         "input_schema": schema,
         "timeout": job.timeout,
     }
+
+
+def did_you_mean(name: str, known: typing.Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the names close to ``name``, or ``""``."""
+    close = difflib.get_close_matches(name, list(known), n=3)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""

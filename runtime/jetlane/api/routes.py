@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import difflib
 import typing
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from starlette.responses import Response, StreamingResponse
 
 from .._client import Client
 from .._core import history as h
+from .._core.definition import did_you_mean
 from .._core.errors import ConfigError, PayloadTooLarge
 from .._core.status import Status
 from .errors import ApiError, json_response, logger
@@ -202,8 +202,7 @@ class Endpoints:
         name = str(request.path_params["name"])
         served = await self.client.jobs()
         if name not in served:
-            close = difflib.get_close_matches(name, list(served), n=3)
-            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            hint = did_you_mean(name, served)
             raise ApiError(404, "JobNotServed", f"no runner serves job {name!r}{hint}", "name")
         return json_response(msgspec.convert(served[name], JobInfo))
 

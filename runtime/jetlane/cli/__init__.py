@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import difflib
 import json
 import os
 import sys
-import typing
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -26,12 +24,13 @@ import msgspec
 
 from .._client import Client, connect
 from .._core import history as h
-from .._core.definition import Job
+from .._core.definition import did_you_mean
 from .._core.errors import ConfigError, InputError, JetlaneError, PayloadTooLarge
 from .._core.status import summarize
 from .._nats.connection import ConnectOptions
 from .._nats.names import Names
 from .._runner import Runner, RunnerConfig
+from .examples import try_start
 from .ops import add_commands as add_ops_commands
 from .ops import cmd_api as _cmd_api
 from .ops import cmd_runs as _cmd_runs
@@ -334,67 +333,23 @@ def warn(text: str) -> None:
 # -- commands -------------------------------------------------------------------
 
 
-def try_start(jobs: dict[str, Job], url: str) -> str:
-    """A ``jetlane start`` that works with one of ``jobs`` (an input made from its type)."""
-    for name in sorted(jobs):
-        example = example_input(jobs[name])
-        if example is _NO_EXAMPLE:
-            continue
-        flag = f" --input '{json.dumps(example)}'" if example is not None else ""
-        return f"jetlane start {name}{flag} --nats {url} --wait"
-    name = min(jobs)
-    return f"jetlane jobs {name} --nats {url}  (its input schema), then jetlane start {name} ..."
-
-
-_NO_EXAMPLE: Any = object()
-_PLACEHOLDERS: dict[Any, Any] = {str: "example", int: 1, float: 1.0, bool: True}
-
-
-def example_input(job: Job) -> Any:
-    """A small input the job accepts (None when it takes none), or ``_NO_EXAMPLE``."""
-    candidates: list[Any] = [None]
-    kind = job.input_type
-    if isinstance(kind, type) and issubclass(kind, msgspec.Struct):
-        hints = typing.get_type_hints(kind)
-        required = [f.name for f in msgspec.structs.fields(kind) if f.required]
-        example: dict[str, Any] = {}
-        for field in required:
-            hint = hints.get(field)
-            origin, args = typing.get_origin(hint), typing.get_args(hint)
-            if origin is list:
-                example[field] = [_PLACEHOLDERS.get(args[0], "example")] if args else []
-            elif origin is dict:
-                example[field] = {}
-            else:
-                example[field] = _PLACEHOLDERS.get(hint, "example")
-        candidates.append(example)
-    for candidate in candidates:
-        try:
-            job.validate_input(candidate)
-        except InputError:
-            continue
-        return candidate
-    return _NO_EXAMPLE
-
-
-async def check_served(client: Client, job: str, *, queue: bool) -> dict[str, Any] | None:
-    """Refuse a start no runner can take (unless queued on purpose); what the runners
-    say about the job when one serves it."""
+async def check_served(client: Client, job: str, *, queue: bool) -> None:
+    """Refuse a start no runner can take, unless queued on purpose. One request when a
+    runner serves the job; the slower gathering of every served job only to explain
+    a refusal."""
+    if await client.served(job):
+        return
+    if queue:
+        warn(f"no runner serves job {job!r} now; the run waits until one does")
+        return
     jobs = await client.jobs()
-    served = jobs.get(job)
-    if served is None and not await client.served(job):
-        if queue:
-            warn(f"no runner serves job {job!r} now; the run waits until one does")
-            return None
-        close = difflib.get_close_matches(job, list(jobs), n=3)
-        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        known = f" (served: {', '.join(sorted(jobs))})" if jobs and not close else ""
-        raise CliError(
-            f"no runner serves job {job!r}{hint}{known}; "
-            "start it anyway with --queue-unserved (it waits for a runner)",
-            EXIT_USAGE,
-        )
-    return served
+    hint = did_you_mean(job, jobs)
+    known = f" (served: {', '.join(sorted(jobs))})" if jobs and not hint else ""
+    raise CliError(
+        f"no runner serves job {job!r}{hint}{known}; "
+        "start it anyway with --queue-unserved (it waits for a runner)",
+        EXIT_USAGE,
+    )
 
 
 async def cmd_jobs(args: argparse.Namespace) -> int:
@@ -403,8 +358,7 @@ async def cmd_jobs(args: argparse.Namespace) -> int:
         jobs = await client.jobs()
     if args.name is not None:
         if args.name not in jobs:
-            close = difflib.get_close_matches(args.name, list(jobs), n=3)
-            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            hint = did_you_mean(args.name, jobs)
             raise CliError(f"no runner serves job {args.name!r}{hint}", EXIT_ERROR)
         shown = [jobs[args.name]]
     else:
@@ -424,11 +378,12 @@ async def cmd_start(args: argparse.Namespace) -> int:
     json_lines = want_json(args.json)
     printer = Printer(json_lines=json_lines)
     async with open_client(args, long_lived=args.wait) as client:
-        served = await check_served(client, args.job, queue=args.queue_unserved)
+        await check_served(client, args.job, queue=args.queue_unserved)
         try:
             run = await client.start(args.job, payload, run_id=args.run_id)
         except InputError as exc:
-            if payload is None and served is not None:
+            served = (await client.jobs()).get(args.job) if payload is None else None
+            if served is not None:
                 schema = json.dumps(served.get("input_schema"))
                 raise CliError(
                     f"--input is required for job {args.job!r}: schema {schema}", EXIT_USAGE
