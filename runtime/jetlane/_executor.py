@@ -16,7 +16,7 @@ import asyncio
 import contextvars
 import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -41,30 +41,8 @@ class StepExecutor:
         """One attempt: its result, or the error it failed with (never raised)."""
         started = self.clock()
         t0 = time.perf_counter()
-        error: BaseException | None = None
-        result: Any = None
-        scope: asyncio.Timeout | None = None
-        try:
-            async with asyncio.timeout(ex.timeout) as scope:
-                result = await self._call(ex.fn)
-        except TimeoutError as exc:
-            if scope is not None and scope.expired():
-                if not _is_async(ex.fn):
-                    self._abandoned_thread()
-                error = StepTimeout(
-                    f"step {ex.step!r} attempt {ex.attempt} timed out after {ex.timeout:g}s"
-                )
-            else:
-                error = exc
-        except asyncio.CancelledError as exc:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise  # the runner is stopping: the step is handed back, not failed
-            error = exc  # raised by the step function itself: a failed attempt
-        except Exception as exc:  # the step function's own error: a failed attempt
-            error = exc
-        except BaseException as exc:  # SystemExit & co. raised by the step's code
-            error = exc
+        stuck = None if _is_async(ex.fn) else self._abandoned_thread
+        result, error = await attempt(ex, self._call, on_timeout=stuck)
         duration = (time.perf_counter() - t0) * 1000
         return Outcome(started_at=started, duration_ms=duration, result=result, error=error)
 
@@ -94,6 +72,45 @@ class StepExecutor:
         if self._stuck >= self.size // 2:
             old, self._threads, self._stuck = self._threads, self._new_pool(), 0
             old.shutdown(wait=False)
+
+
+async def attempt(
+    ex: Execute,
+    call: Callable[[Any], Awaitable[Any]],
+    *,
+    on_timeout: Callable[[], None] | None = None,
+) -> tuple[Any, BaseException | None]:
+    """Run ``call(ex.fn)`` under the step's timeout: (result, None) or (None, the error
+    the attempt failed with), classified as the journal records it."""
+    scope: asyncio.Timeout | None = None
+    try:
+        async with asyncio.timeout(ex.timeout) as scope:
+            return await call(ex.fn), None
+    except TimeoutError as exc:
+        if scope is None or not scope.expired():
+            return None, exc  # raised by the step function itself
+        if on_timeout is not None:
+            on_timeout()
+        return None, StepTimeout(
+            f"step {ex.step!r} attempt {ex.attempt} timed out after {ex.timeout:g}s"
+        )
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # the driver is stopping: the step is handed back, not failed
+        return None, exc  # raised by the step function itself: a failed attempt
+    except Exception as exc:  # the step function's own error: a failed attempt
+        return None, exc
+    except BaseException as exc:  # SystemExit & co. raised by the step's code
+        return None, exc
+
+
+async def call_on_loop(fn: Any) -> Any:
+    """Call a step function on the event loop; await what it returns if awaitable."""
+    result = fn()
+    if inspect.isawaitable(result):
+        result = await result
+    return result
 
 
 def _is_async(fn: Any) -> bool:

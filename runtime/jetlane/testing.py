@@ -25,7 +25,6 @@ CI on histories of runs that are in flight, before deploying.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import random
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -49,12 +48,11 @@ from ._core.errors import (
     RunAlreadyExists,
     RunFailedError,
     RunNotFound,
-    StepTimeout,
 )
 from ._core.replay import Blocked, Execute, Finished, Outcome, Park, Replay
 from ._core.status import RunStatus, summarize
 from ._drive import Driver
-from ._executor import StepExecutor
+from ._executor import StepExecutor, attempt, call_on_loop
 
 __all__ = [
     "Environment",
@@ -322,21 +320,9 @@ class Environment:
 
 async def run_step(ex: Execute, started: datetime, duration_ms: float = 0.0) -> Outcome:
     """Run one step attempt on the loop with a fixed start and duration (journals that
-    tests compare stay equal); errors as a runner records them."""
-    scope: asyncio.Timeout | None = None
-    try:
-        async with asyncio.timeout(ex.timeout) as scope:
-            result = ex.fn()
-            if inspect.isawaitable(result):
-                result = await result
-    except TimeoutError as exc:
-        error: BaseException = exc
-        if scope is not None and scope.expired():
-            error = StepTimeout(f"step {ex.step!r} attempt {ex.attempt} timed out")
-        return Outcome(started_at=started, duration_ms=duration_ms, error=error)
-    except Exception as exc:  # the step function's own error: a failed attempt
-        return Outcome(started_at=started, duration_ms=duration_ms, error=exc)
-    return Outcome(started_at=started, duration_ms=duration_ms, result=result)
+    tests compare stay equal); errors classified as a runner records them."""
+    result, error = await attempt(ex, call_on_loop)
+    return Outcome(started_at=started, duration_ms=duration_ms, result=result, error=error)
 
 
 def _as_job(item: Job | Callable[..., Any]) -> Job:

@@ -191,7 +191,7 @@ def test_message_to_json_is_plain_data() -> None:
 
 
 def test_error_tracebacks_are_bounded_and_optional_on_the_wire() -> None:
-    from jetlane._core.replay import MAX_FRAMES, _info
+    from jetlane._core.bounds import MAX_FRAMES, error_info
 
     def deep(n: int) -> None:
         if n == 0:
@@ -201,7 +201,7 @@ def test_error_tracebacks_are_bounded_and_optional_on_the_wire() -> None:
     try:
         deep(200)
     except ValueError as exc:
-        info = _info(exc)
+        info = error_info(exc)
     assert info.traceback is not None and len(info.traceback) == MAX_FRAMES
     assert info.traceback[-1].function == "deep"
     encoded = h.encode(h.RunFailed(error=info))

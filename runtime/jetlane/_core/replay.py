@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import contextvars
 import os
-import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -36,6 +35,12 @@ import msgspec
 import structlog
 
 from . import history as h
+from .bounds import (
+    VALUES_PER_ENTRY,
+    bounded_error,
+    cancelled_entry,
+    error_info,
+)
 from .decisions import Append as Append
 from .decisions import Blocked as Blocked
 from .decisions import Checkpoint as Checkpoint
@@ -61,17 +66,10 @@ from .errors import (
     OrchestratorOnly,
     PayloadTooLarge,
     StepFailed,
-    describe,
 )
 from .recorded import Recorded
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024 - 16 * 1024
-# A recorded error message is cut to this many characters: an exception's text is
-# not bounded by anything the user controls (a 2 MB message would make the append
-# itself fail, and the step would run again and again with nothing recorded).
-MAX_ERROR_CHARS = 8 * 1024
-VALUES_PER_ENTRY = 1000  # ctx.now/uuid/random values are < 64 bytes each
-MAX_FRAMES = 30  # a recorded traceback keeps the innermost frames (~10 kB at most)
 current: contextvars.ContextVar[Replay] = contextvars.ContextVar("jetlane_replay")
 
 
@@ -220,7 +218,7 @@ class Replay:
         """
         if self.recorded.cancel is None or not isinstance(body, h.RunCompleted | h.RunFailed):
             return body
-        cancelled = _cancelled(*self.recorded.cancel)
+        cancelled = cancelled_entry(*self.recorded.cancel)
         self.recorded.terminal = cancelled
         return cancelled
 
@@ -262,7 +260,7 @@ class Replay:
             if size > self.max_payload:
                 # A raw publisher may send what the client refuses; never run with it.
                 too_big = PayloadTooLarge(f"input is {size} bytes; {self._limit_text()}")
-                return self._finish(h.RunFailed(error=_info(too_big)))
+                return self._finish(h.RunFailed(error=error_info(too_big)))
             try:
                 value = self.job.convert_input(self.start.input)
             except InputError as exc:
@@ -272,7 +270,7 @@ class Replay:
                     return self._block(
                         self.recorded.order[0], f"{exc}, but the history records steps" + ADVICE
                     )
-                return self._finish(h.RunFailed(error=_info(exc)))
+                return self._finish(h.RunFailed(error=error_info(exc)))
             ctx = contextvars.copy_context()
             ctx.run(current.set, self)
             self._deadline = loop.time() + self.job.timeout
@@ -333,7 +331,7 @@ class Replay:
             if task is not None and task.cancelling():
                 raise  # close(): the driver dropped the handler
             exc = asyncio.CancelledError("the handler raised CancelledError")
-            self._wake_with(self._finish(h.RunFailed(error=_info(exc))))
+            self._wake_with(self._finish(h.RunFailed(error=error_info(exc))))
             return
         except BaseException as exc:
             # Exception, and also SystemExit/KeyboardInterrupt raised by handler code:
@@ -342,7 +340,7 @@ class Replay:
                 # Deterministic code cannot raise where it once went on: the code changed.
                 self._wake_with(self._diverged(f"raised {type(exc).__name__}: {exc}"))
                 return
-            self._wake_with(self._finish(h.RunFailed(error=_info(exc))))
+            self._wake_with(self._finish(h.RunFailed(error=error_info(exc))))
             return
         if self._atoms < len(self.recorded.order):
             self._wake_with(self._diverged("returned"))
@@ -354,7 +352,7 @@ class Replay:
             self._wake_with(self._finish(h.RunFailed(error=info)))
             return
         if len(raw) > self.max_payload:
-            info = _info(PayloadTooLarge(f"output is {len(raw)} bytes; {self._limit_text()}"))
+            info = error_info(PayloadTooLarge(f"output is {len(raw)} bytes; {self._limit_text()}"))
             self._wake_with(self._finish(h.RunFailed(error=info)))
             return
         self._wake_with(self._finish(h.RunCompleted(output=msgspec.Raw(raw))))
@@ -382,7 +380,7 @@ class Replay:
 
     def _cancel_now(self, seq: int, cancel: h.Cancel) -> Finished:
         self.close()
-        return self._finish(_cancelled(seq, cancel))
+        return self._finish(cancelled_entry(seq, cancel))
 
     def _diverged(self, what: str) -> Blocked:
         """The handler ended (``what``) before the steps the history records."""
@@ -538,7 +536,7 @@ class Replay:
                     return
         final = isinstance(error, NonRetryableError | PayloadTooLarge)
         delay = None if final else policy.delay_after(attempt)
-        info = _info(error)
+        info = error_info(error)
         if delay is None:
             self._emit(h.StepFailed(step=step, attempt=attempt, error=info, retry_at=None))
             return
@@ -621,34 +619,3 @@ class Replay:
         rearm = token not in self._armed
         self._armed.add(token)
         await self._request(Park(step, (TimerSpec(token, fire_at, body, rearm),)))
-
-
-def _cancelled(seq: int, cancel: h.Cancel) -> h.RunCancelled:
-    reason = cancel.reason
-    if reason is not None and len(reason) > MAX_ERROR_CHARS:
-        reason = reason[:MAX_ERROR_CHARS] + "... [cut]"
-    return h.RunCancelled(reason=reason, input_seq=seq)
-
-
-def _info(exc: BaseException) -> h.ErrorInfo:
-    type_, message = describe(exc)
-    return bounded_error(type_, message, frames(exc))
-
-
-def frames(exc: BaseException) -> list[h.Frame] | None:
-    """Where ``exc`` was raised: the innermost ``MAX_FRAMES`` frames, names cut short."""
-    if exc.__traceback__ is None:
-        return None
-    summary = traceback.extract_tb(exc.__traceback__)[-MAX_FRAMES:]
-    return [
-        h.Frame(file=f.filename[-200:], line=f.lineno or 0, function=f.name[:100]) for f in summary
-    ]
-
-
-def bounded_error(type_: str, message: str, trace: list[h.Frame] | None = None) -> h.ErrorInfo:
-    """An error as the journal records it: the message cut to ``MAX_ERROR_CHARS``, the
-    traceback to ``MAX_FRAMES`` frames (so an entry's size stays bounded)."""
-    if len(message) > MAX_ERROR_CHARS:
-        cut = len(message) - MAX_ERROR_CHARS
-        message = f"{message[:MAX_ERROR_CHARS]}... [{cut} more characters cut]"
-    return h.ErrorInfo(type=type_[:256], message=message, traceback=trace or None)

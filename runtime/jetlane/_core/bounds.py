@@ -1,0 +1,51 @@
+"""Bounds on what the journal records: every entry stays small enough to append.
+
+An exception's text and traceback are not bounded by anything the user
+controls: a 2 MB message would make the append itself fail, and the step
+would run again and again with nothing recorded. So messages and reasons are
+cut, tracebacks keep their innermost frames, and values are chunked.
+"""
+
+from __future__ import annotations
+
+import traceback
+
+from . import history as h
+from .errors import describe
+
+MAX_ERROR_CHARS = 8 * 1024
+VALUES_PER_ENTRY = 1000  # ctx.now/uuid/random values are < 64 bytes each
+MAX_FRAMES = 30  # a recorded traceback keeps the innermost frames (~10 kB at most)
+
+
+def cancelled_entry(seq: int, cancel: h.Cancel) -> h.RunCancelled:
+    """The entry a cancel ends a run with (its reason cut like an error message)."""
+    reason = cancel.reason
+    if reason is not None and len(reason) > MAX_ERROR_CHARS:
+        reason = reason[:MAX_ERROR_CHARS] + "... [cut]"
+    return h.RunCancelled(reason=reason, input_seq=seq)
+
+
+def error_info(exc: BaseException) -> h.ErrorInfo:
+    """An exception as the journal records it: type, bounded message and frames."""
+    type_, message = describe(exc)
+    return bounded_error(type_, message, frames(exc))
+
+
+def frames(exc: BaseException) -> list[h.Frame] | None:
+    """Where ``exc`` was raised: the innermost ``MAX_FRAMES`` frames, names cut short."""
+    if exc.__traceback__ is None:
+        return None
+    summary = traceback.extract_tb(exc.__traceback__)[-MAX_FRAMES:]
+    return [
+        h.Frame(file=f.filename[-200:], line=f.lineno or 0, function=f.name[:100]) for f in summary
+    ]
+
+
+def bounded_error(type_: str, message: str, trace: list[h.Frame] | None = None) -> h.ErrorInfo:
+    """An error as the journal records it: the message cut to ``MAX_ERROR_CHARS``, the
+    traceback to ``MAX_FRAMES`` frames (so an entry's size stays bounded)."""
+    if len(message) > MAX_ERROR_CHARS:
+        cut = len(message) - MAX_ERROR_CHARS
+        message = f"{message[:MAX_ERROR_CHARS]}... [{cut} more characters cut]"
+    return h.ErrorInfo(type=type_[:256], message=message, traceback=trace or None)
