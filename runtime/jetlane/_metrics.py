@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -19,11 +20,22 @@ _REPLAY_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5)
 _LENGTH_BUCKETS = (1, 10, 30, 100, 300, 1000, 3000, 10000, 30000)
 
 
+class JobMetrics(NamedTuple):
+    """One job's children of the step metrics."""
+
+    started: Any
+    completed: Any
+    failed: Any
+    seconds: Any
+    retries: Any
+
+
 class RunnerMetrics:
     """The runner's counters, histograms and gauges, on a registry of their own."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._jobs: dict[str, JobMetrics] = {}
         r = self.registry
         self.steps_started = Counter(
             "jetlane_steps_started", "Step attempts started", ["job"], registry=r
@@ -84,6 +96,19 @@ class RunnerMetrics:
             "Sessions started (a run taken up to be advanced: by a delivery, a timer, a wake)",
             registry=r,
         )
+
+    def for_job(self, job: str) -> JobMetrics:
+        """The step metrics labelled with ``job`` (labelled once, not per step)."""
+        children = self._jobs.get(job)
+        if children is None:
+            children = self._jobs[job] = JobMetrics(
+                self.steps_started.labels(job),
+                self.steps_completed.labels(job),
+                self.steps_failed.labels(job),
+                self.step_seconds.labels(job),
+                self.retries.labels(job),
+            )
+        return children
 
     def value(self, name: str, **labels: str) -> float:
         """A sample's current value (0 when it has none yet), e.g. for tests."""

@@ -41,24 +41,23 @@ import os
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any
 
-import msgspec
 import structlog
 
+from ._answers import serve_answers
 from ._core import history as h
+from ._core.bounds import error_info
 from ._core.context import Plugins
-from ._core.definition import Job, describe_job, registry
+from ._core.definition import Job, registry
 from ._core.durations import format_time
 from ._core.errors import (
     DecodeError,
     FenceLost,
-    InputError,
     JetlaneError,
-    describe,
 )
 from ._core.replay import (
     DEFAULT_MAX_PAYLOAD,
@@ -68,8 +67,6 @@ from ._core.replay import (
     Outcome,
     Park,
     Replay,
-    bounded_error,
-    frames,
 )
 from ._core.status import RunStatus, summarize, update
 from ._drive import Driver, Handback, Outdated
@@ -102,16 +99,6 @@ LOGGED_CHARS = 2000  # of an error message in a log line (the journal keeps 8 Ki
 
 # A fired timer this far ahead of our clock is taken as our clock lagging the server's.
 MAX_CLOCK_SKEW = 5.0
-
-
-class _JobMetrics(NamedTuple):
-    """One job's children of the step metrics (labelled once, not per step)."""
-
-    started: Any
-    completed: Any
-    failed: Any
-    seconds: Any
-    retries: Any
 
 
 @dataclass
@@ -153,7 +140,6 @@ class Runner:
         self._fast: dict[str, asyncio.TimerHandle] = {}
         self._summaries: dict[str, RunStatus] = {}
         self.metrics = metrics or RunnerMetrics()
-        self._job_metrics: dict[str, _JobMetrics] = {}
         self._stopping = asyncio.Event()
         self._slot = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
@@ -184,7 +170,9 @@ class Runner:
         await consumer()
         puller = self.log.puller(self._dispatch, consumer)
         await puller.start()
-        validators = await self._serve_validation()
+        validators = await serve_answers(
+            self.log, self.jobs, lambda run_id: self._wake(run_id, waiting=True)
+        )
         heartbeat = asyncio.create_task(self._heartbeat())
         self.ready.set()
         waker = asyncio.create_task(self._wake_waiting())
@@ -507,20 +495,20 @@ class Runner:
 
     def _appended(self, replay: Replay, body: h.Journal, seq: int) -> None:
         if isinstance(body, h.StepFailed) and body.retry_at is not None:
-            self._for_job(replay.job.name).retries.inc()
+            self.metrics.for_job(replay.job.name).retries.inc()
         # No timestamp per step: the session stamps updated_at at its end.
         self._summarize(replay, h.Message(seq, replay.run_id, "out", "", body))
 
     async def _execute(self, replay: Replay, ex: Execute) -> Outcome:
         outcome = await self._steps.run(ex)
-        counters = self._for_job(replay.job.name)
+        counters = self.metrics.for_job(replay.job.name)
         counters.started.inc()
         (counters.completed if outcome.error is None else counters.failed).inc()
         counters.seconds.observe(outcome.duration_ms / 1000)
         if outcome.error is not None:
             # Bounded, and no exc_info: a renderer that prints locals would print every
             # secret and megabyte a failing step held.
-            info = bounded_error(*describe(outcome.error), frames(outcome.error))
+            info = error_info(outcome.error)
             logger.error(
                 "step attempt failed",
                 run_id=replay.run_id,
@@ -531,19 +519,6 @@ class Runner:
                 at=[f"{f.file}:{f.line} {f.function}" for f in info.traceback or []],
             )
         return outcome
-
-    def _for_job(self, job: str) -> _JobMetrics:
-        children = self._job_metrics.get(job)
-        if children is None:
-            m = self.metrics
-            children = self._job_metrics[job] = _JobMetrics(
-                m.steps_started.labels(job),
-                m.steps_completed.labels(job),
-                m.steps_failed.labels(job),
-                m.step_seconds.labels(job),
-                m.retries.labels(job),
-            )
-        return children
 
     # -- parked runs: cache and in-memory timers ------------------------------
 
@@ -641,37 +616,3 @@ class Runner:
                         logger.warning(
                             "lease renewal failed", run_id=session.run_id, error=str(exc)
                         )
-
-    async def _serve_validation(self) -> list[Callable[[], Awaitable[None]]]:
-        """Answer input validations and wake-ups for our jobs; what stops serving."""
-        stops = []
-        for name, job in self.jobs.items():
-
-            async def answer(data: bytes, job: Job = job) -> bytes:
-                reply: dict[str, Any]
-                try:
-                    job.validate_input(msgspec.json.decode(data))
-                    reply = {"ok": True}
-                except InputError as exc:
-                    reply = {"error": str(exc)}
-                except msgspec.DecodeError:
-                    reply = {"error": "input is not JSON"}
-                return msgspec.json.encode(reply)
-
-            async def wake(data: bytes) -> None:
-                run_id = data.decode("utf-8", "replace")
-                if h.RUN_ID.fullmatch(run_id):
-                    self._wake(run_id, waiting=True)
-
-            subject = f"{self.log.names.prefix}.api.validate.{name}"
-            stops.append(await self.log.serve(subject, answer, queue="jetlane-runners"))
-            stops.append(
-                await self.log.serve(self.log.names.wake(name), wake, queue="jetlane-runners")
-            )
-
-        async def jobs(data: bytes) -> bytes:
-            return msgspec.json.encode([describe_job(job) for job in self.jobs.values()])
-
-        stops.append(await self.log.serve(self.log.names.jobs_subject, jobs))
-        await self.log.flush()  # the server knows the subscriptions before we say ready
-        return stops
