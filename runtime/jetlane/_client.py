@@ -175,11 +175,11 @@ class Client:
                 status.status = "running"  # a runner has it: its first step is under way
         return status
 
-    async def jobs(self, *, wait: float = 0.3) -> dict[str, dict[str, Any]]:
+    async def jobs(self) -> dict[str, dict[str, Any]]:
         """The jobs live runners serve, by name: whether each takes an input, its JSON
-        Schema and function-lane timeout (runners answer within ``wait`` seconds)."""
+        Schema and function-lane timeout (answers gathered until runners go quiet)."""
         found: dict[str, dict[str, Any]] = {}
-        for reply in await self.log.gather(self.log.names.jobs_subject, b"", wait):
+        for reply in await self.log.gather(self.log.names.jobs_subject, b""):
             try:
                 described = msgspec.json.decode(reply)
             except msgspec.DecodeError:

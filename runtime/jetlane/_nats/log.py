@@ -168,20 +168,31 @@ class Log:
             reply = await self.nc.request(subject, data, timeout=timeout)
         return bytes(reply.data)
 
-    async def gather(self, subject: str, data: bytes, wait: float) -> list[bytes]:
-        """Ask everyone listening on ``subject`` (no queue group); the replies that come
-        within ``wait`` seconds."""
+    async def gather(
+        self, subject: str, data: bytes, *, first: float = 1.0, settle: float = 0.2
+    ) -> list[bytes]:
+        """Ask everyone listening on ``subject`` (no queue group): the replies that come
+        until none has come for ``settle`` seconds (waiting ``first`` for the first)."""
         inbox = self.nc.new_inbox()
         replies: list[bytes] = []
+        came = asyncio.Event()
 
         async def collect(msg: Msg) -> None:
             replies.append(bytes(msg.data))
+            came.set()
 
         with nats_errors(f"a scatter-gather on {subject}"):
             sub = await self.nc.subscribe(inbox, cb=collect)
             try:
                 await self.nc.publish(subject, data, reply=inbox)
-                await asyncio.sleep(wait)  # a deadline: how long runners have to answer
+                wait = first
+                while True:
+                    came.clear()
+                    try:
+                        await asyncio.wait_for(came.wait(), wait)
+                    except TimeoutError:
+                        break  # quiet for long enough: everyone who answers has
+                    wait = settle
             finally:
                 await sub.unsubscribe()
         return replies
