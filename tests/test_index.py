@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from jetlane import Client, Context, define_job, step
+from jetlane import Client, Context, Failure, define_job, step
 
 from .helpers import StartRunner, eventually
 
@@ -15,7 +15,7 @@ async def napper(ctx: Context, input: int) -> int:
     if input % 3 == 0:
         await step.sleep("nap", "1h")
     if input % 3 == 1:
-        raise ValueError("odd one out")
+        raise Failure("odd one out")
     return input
 
 

@@ -24,6 +24,7 @@ from jetlane import (
     define_job,
     step,
 )
+from jetlane import wire as h
 
 from .helpers import StartRunner, eventually
 
@@ -159,6 +160,25 @@ async def test_sleep_parks_without_a_session_and_resumes(
     await eventually(lambda: _no_session(runner, "n1"), what="session to end while parked")
     assert await client.result("n1", timeout=10) == "rested"
     assert (await kinds(client, "n1")).count("sleep_completed") == 1
+
+
+async def test_a_fast_timer_shows_at_most_once_in_the_history(
+    client: Client, start_runner: StartRunner
+) -> None:
+    async def napper(ctx: Context) -> int:
+        for _ in range(5):
+            await step.sleep("nap", 0.2)  # in-memory timer and durable schedule race
+        return 5
+
+    await start_runner([define_job(name="naps", handler=napper, register=False)])
+    await client.start("naps", run_id="naps1")
+    assert await client.result("naps1", timeout=20) == 5
+    messages = [m async for m in client.history("naps1")]
+    timer_sets = [m.body.timer for m in messages if isinstance(m.body, h.TimerSet)]
+    fired = [m.body.timer for m in messages if isinstance(m.body, h.Timer)]
+    assert len(timer_sets) == 5 == len(set(timer_sets))
+    assert len(fired) == len(set(fired)) and set(fired) <= set(timer_sets)
+    assert [m.kind for m in messages].count("sleep_completed") == 5
 
 
 async def _no_session(runner: Any, run_id: str) -> bool:

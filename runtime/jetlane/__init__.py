@@ -17,6 +17,7 @@ from ._core.errors import ConfigError as ConfigError
 from ._core.errors import ConnectError as ConnectError
 from ._core.errors import DecodeError as DecodeError
 from ._core.errors import EventTimeout as EventTimeout
+from ._core.errors import Failure as Failure
 from ._core.errors import InputError as InputError
 from ._core.errors import JetlaneError as JetlaneError
 from ._core.errors import NonDeterminismError as NonDeterminismError
@@ -47,6 +48,7 @@ __all__ = [
     "Context",
     "DecodeError",
     "EventTimeout",
+    "Failure",
     "InputError",
     "JetlaneError",
     "Job",

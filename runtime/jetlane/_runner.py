@@ -50,7 +50,7 @@ import structlog
 
 from ._answers import serve_answers
 from ._core import history as h
-from ._core.bounds import error_info
+from ._core.bounds import error_info, where
 from ._core.context import Plugins
 from ._core.definition import Job, registry
 from ._core.durations import format_time
@@ -411,9 +411,19 @@ class Runner:
                 replay.close()
                 raise
             if isinstance(decision, Blocked):
-                logger.warning(
-                    "run blocked", run_id=run_id, step=decision.step, error=decision.error.message
-                )
+                error = decision.error
+                if error.type == "NonDeterminismError":
+                    logger.warning(
+                        "run blocked", run_id=run_id, step=decision.step, error=error.message
+                    )
+                else:  # a bug in the job's code: where it was raised is what a fix needs
+                    logger.error(
+                        "run blocked",
+                        run_id=run_id,
+                        step=decision.step,
+                        error=f"{error.type}: {error.message}",
+                        at=where(error),
+                    )
                 replay.close()
                 # Waits for other code without holding consumer capacity: a runner
                 # that serves the job looks at it again when it starts.
@@ -436,7 +446,7 @@ class Runner:
                         job=replay.job.name,
                         step=replay.current_step,
                         error=f"{ended.error.type}: {ended.error.message[:LOGGED_CHARS]}",
-                        at=[f"{f.file}:{f.line} {f.function}" for f in ended.error.traceback or []],
+                        at=where(ended.error),
                     )
                 await self._moved_on(session)
                 return "done"
@@ -516,7 +526,7 @@ class Runner:
                 step=ex.step,
                 attempt=ex.attempt,
                 error=f"{info.type}: {info.message[:LOGGED_CHARS]}",
-                at=[f"{f.file}:{f.line} {f.function}" for f in info.traceback or []],
+                at=where(info),
             )
         return outcome
 

@@ -231,12 +231,13 @@ class Environment:
 
     async def result(self, run_id: str, *, within: Duration = "3650d") -> Any:
         """The run's output once it ends, moving the clock to each of its timers in turn
-        (retry delays and sleeps pass at once); ``RunFailedError`` if it failed."""
+        (retry delays and sleeps pass at once); ``RunFailedError`` if it failed, was
+        cancelled or is blocked (``.status`` says which; a bug in handler code blocks)."""
         limit = self.clock() + timedelta(seconds=to_seconds(within, what="within"))
         while True:
             status = await self.status(run_id)
-            if status.done:
-                break
+            if status.done or status.status == "blocked":
+                break  # blocked: a bug in the code, which no clock moves past
             due = self.store.next_due(run_id)
             if due is None or due[0] > limit:
                 raise JetlaneError(

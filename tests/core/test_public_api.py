@@ -12,6 +12,7 @@ PUBLIC = {
     "Context",
     "DecodeError",
     "EventTimeout",
+    "Failure",
     "InputError",
     "JetlaneError",
     "Job",

@@ -207,3 +207,16 @@ async def test_non_determinism_in_a_run_that_never_parks_fails_the_test() -> Non
     async with Environment(jobs=[define_job(name="nd", handler=nondet, register=False)]) as env:
         with pytest.raises(NonDeterminismError, match="fetch-"):
             await env.start("nd")
+
+
+async def test_a_bug_in_handler_code_shows_as_a_blocked_run_in_the_test_kit() -> None:
+    async def buggy(ctx: Context, input: dict[str, str]) -> str:
+        await step.do("look", lambda: 1)
+        return input["carrier"]
+
+    async with Environment([define_job(name="buggy", handler=buggy, register=False)]) as env:
+        run = await env.start("buggy", {})
+        with pytest.raises(RunFailedError) as info:
+            await run.result()
+        assert info.value.status == "blocked" and info.value.type == "KeyError"
+        assert "after step 'look'" in info.value.message

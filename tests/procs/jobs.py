@@ -81,3 +81,45 @@ async def keyed(ctx: Context, input: dict[str, Any]) -> str:
         return key
 
     return await step.do("charge", charge, retries=QUICK)
+
+
+# A deploy between runner processes, simulated: the "fixed" code path is taken once the
+# file named by input["fixed"] exists (the test creates it before it starts the next
+# runner, as a deploy would ship new code).
+
+
+def _deployed(marker: str) -> bool:
+    return os.path.exists(marker)
+
+
+@job("buggy-carrier")
+async def buggy_carrier(ctx: Context, input: dict[str, str]) -> str:
+    """A bug in handler code after a step: blocks, then fixed code finishes the run."""
+
+    def quote() -> dict[str, str]:
+        _record(ctx)
+        return {"carrier_name": "ups"}
+
+    quoted = await step.do("quote", quote)
+    if _deployed(input["fixed"]):
+        return quoted["carrier_name"]
+    return quoted["carrier"]  # the bug: KeyError
+
+
+class _Response:
+    def json(self) -> dict[str, int]:
+        return {"id": 7}
+
+
+@job("unrecordable")
+async def unrecordable(ctx: Context, input: dict[str, str]) -> int:
+    """A step that returns what cannot be recorded: the run is held at it."""
+    fixed = _deployed(input["fixed"])
+
+    def post() -> Any:
+        _record(ctx)
+        response = _Response()
+        return response.json() if fixed else response
+
+    body = await step.do("post", post)
+    return int(body["id"])

@@ -8,7 +8,9 @@ cut, tracebacks keep their innermost frames, and values are chunked.
 
 from __future__ import annotations
 
+import os
 import traceback
+from pathlib import Path
 
 from . import history as h
 from .errors import describe
@@ -32,13 +34,19 @@ def error_info(exc: BaseException) -> h.ErrorInfo:
     return bounded_error(type_, message, frames(exc))
 
 
+_ENGINE = str(Path(__file__).resolve().parent.parent) + os.sep
+
+
 def frames(exc: BaseException) -> list[h.Frame] | None:
     """Where ``exc`` was raised: the innermost ``MAX_FRAMES`` frames, names cut short."""
     if exc.__traceback__ is None:
         return None
-    summary = traceback.extract_tb(exc.__traceback__)[-MAX_FRAMES:]
+    summary = list(traceback.extract_tb(exc.__traceback__))
+    while len(summary) > 1 and summary[0].filename.startswith(_ENGINE):
+        summary.pop(0)  # where jetlane called the user's code: noise to its reader
     return [
-        h.Frame(file=f.filename[-200:], line=f.lineno or 0, function=f.name[:100]) for f in summary
+        h.Frame(file=f.filename[-200:], line=f.lineno or 0, function=f.name[:100])
+        for f in summary[-MAX_FRAMES:]
     ]
 
 
@@ -49,3 +57,8 @@ def bounded_error(type_: str, message: str, trace: list[h.Frame] | None = None) 
         cut = len(message) - MAX_ERROR_CHARS
         message = f"{message[:MAX_ERROR_CHARS]}... [{cut} more characters cut]"
     return h.ErrorInfo(type=type_[:256], message=message, traceback=trace or None)
+
+
+def where(info: h.ErrorInfo) -> list[str]:
+    """A recorded traceback as log lines, ``file:line function``, outermost first."""
+    return [f"{f.file}:{f.line} {f.function}" for f in info.traceback or []]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -73,6 +73,9 @@ class Job:
     timeout: float = DEFAULT_FUNCTION_TIMEOUT
     input_type: Any = Any
     takes_input: bool = True
+    # exception types that, raised by handler code outside the atoms, fail the run
+    # (besides jetlane.Failure and the atoms' errors); any other exception blocks it
+    fail_on: tuple[type[BaseException], ...] = ()
 
     def convert_input(self, raw: Any) -> Any:
         """``raw`` (JSON-shaped) as the handler's input type, or an ``InputError``."""
@@ -91,10 +94,19 @@ _registry: dict[str, Job] = {}
 
 
 def define_job(
-    *, name: str, handler: Handler, timeout: Duration | None = None, register: bool = True
+    *,
+    name: str,
+    handler: Handler,
+    timeout: Duration | None = None,
+    fail_on: type[BaseException] | Iterable[type[BaseException]] = (),
+    register: bool = True,
 ) -> Job:
     """Make (and by default register) a job from a handler ``async def (ctx, input)``."""
     check_job_name(name)
+    failing = tuple(fail_on) if not isinstance(fail_on, type) else (fail_on,)
+    for kind in failing:
+        if not (isinstance(kind, type) and issubclass(kind, BaseException)):
+            raise ConfigError(f"job {name!r}: fail_on takes exception classes, not {kind!r}")
     if not inspect.iscoroutinefunction(handler):
         raise ConfigError(f"job {name!r}: the handler must be an async def")
     params = list(inspect.signature(handler).parameters.values())
@@ -115,6 +127,7 @@ def define_job(
         else to_seconds(timeout, what="job timeout"),
         input_type=input_type,
         takes_input=len(params) == 2,
+        fail_on=failing,
     )
     if register:
         existing = _registry.get(name)
@@ -130,15 +143,26 @@ def define_job(
     return job
 
 
-def job(name: str, *, timeout: Duration | None = None) -> Callable[[Handler], Handler]:
+def job(
+    name: str,
+    *,
+    timeout: Duration | None = None,
+    fail_on: type[BaseException] | Iterable[type[BaseException]] = (),
+) -> Callable[[Handler], Handler]:
     """Register the decorated ``async def handler(ctx, input)`` as job ``name``.
 
     ``timeout`` is the function-lane wall-time limit: how long the handler may
     run before it calls its first step atom (30 s by default).
+
+    ``fail_on``: exception types that fail the run when handler code raises them
+    outside the atoms. By default only deliberate failures do (``jetlane.Failure``,
+    ``NonRetryableError``, and ``StepFailed``/``EventTimeout`` let through); any other
+    exception is taken for a bug and blocks the run until fixed code replays it.
+    ``fail_on=(Exception,)`` fails the run on every exception instead.
     """
 
     def register(handler: Handler) -> Handler:
-        define_job(name=name, handler=handler, timeout=timeout)
+        define_job(name=name, handler=handler, timeout=timeout, fail_on=fail_on)
         return handler
 
     return register
@@ -167,6 +191,7 @@ def describe_job(job: Job) -> dict[str, Any]:
         "takes_input": job.takes_input,
         "input_schema": schema,
         "timeout": job.timeout,
+        "fail_on": [kind.__name__ for kind in job.fail_on],
     }
 
 

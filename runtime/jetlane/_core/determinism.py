@@ -23,6 +23,16 @@ class Diverged(BaseException):
         self.message = message
 
 
+class Held(BaseException):
+    """Engine control flow: unwinds the handler when the run must block at ``step`` on a
+    bug that is not a divergence (a step result that cannot be recorded)."""
+
+    def __init__(self, step: str, info: h.ErrorInfo) -> None:
+        super().__init__(info.message)
+        self.step = step
+        self.info = info
+
+
 def atom_of(body: Any) -> str | None:
     if isinstance(body, h.StepCompleted | h.StepFailed):
         return "do"

@@ -18,13 +18,18 @@ The tree, split by what the caller does next::
     ├── NonDeterminismError           the code issues other atoms than the history records
     ├── StepTimeout                   a step attempt ran past its timeout (recorded, retried)
     ├── RunFailedError                result() of a run that failed or was cancelled
+    ├── Failure                       raise in handler code: fail the run on purpose
     └── StepError                     raised *inside* a handler
         ├── StepFailed                a step.do whose attempts are exhausted
         └── EventTimeout              a wait_for_event whose timeout passed first
 
     NonRetryableError                 raised by user code in step.do: fail now, no retry
+    ├── Failure                       (also a JetlaneError)
     └── OrchestratorOnly              ctx.now()/uuid()/random() called inside a step
                                       (also a ConfigError)
+
+Which exceptions end a run: see ``deliberate``. Any other exception raised by
+handler code outside the atoms is a bug; the run blocks until fixed code runs it.
 
 Engine control flow (a run suspending, a replay that must stop) uses private
 ``BaseException`` subclasses so that a handler's ``except Exception`` cannot
@@ -144,6 +149,30 @@ class NonRetryableError(Exception):
 
     def __init__(self, message: str = "", *args: Any) -> None:
         super().__init__(message, *args)
+
+
+class Failure(JetlaneError, NonRetryableError):
+    """Raise to fail the run on purpose (from handler code), or a step at once (from a
+    step function: no retries, and the handler sees ``StepFailed``).
+
+    Handler code that raises anything that is not a deliberate failure (see
+    ``deliberate``) blocks the run instead: it is a bug, and the run waits for a fix.
+    Subclass it to give the failure a type name of your own.
+    """
+
+
+def deliberate(exc: BaseException, fail_on: tuple[type[BaseException], ...] = ()) -> bool:
+    """Whether ``exc``, raised by handler code outside the atoms, fails the run.
+
+    Deliberate: ``Failure`` and ``NonRetryableError``, what the atoms raise and the handler
+    lets through (``StepFailed``, ``EventTimeout``), the job's ``fail_on`` types, and what
+    is not an ``Exception`` at all (``SystemExit``, ``KeyboardInterrupt``). Anything else
+    (``KeyError``, ``TypeError``, a ``ConfigError`` from a bad atom call, ...) is a bug in
+    the handler: the run blocks, keeps its place, and resumes when fixed code replays it.
+    """
+    if not isinstance(exc, Exception):
+        return True
+    return isinstance(exc, (Failure, NonRetryableError, StepError, PayloadTooLarge, *fail_on))
 
 
 def describe(exc: BaseException) -> tuple[str, str]:

@@ -14,6 +14,8 @@ from typing import Any
 from . import history as h
 from .determinism import atom_of
 
+UNRECORDABLE = "UnrecordableResult"  # the error type of a run_blocked on a step's result
+
 
 @dataclass
 class StepRecord:
@@ -42,6 +44,10 @@ class Recorded:
         self.timers: dict[str, int] = {}
         self.cancel: tuple[int, h.Cancel] | None = None
         self.paused = False
+        self.resumed_at = 0  # the sequence of the last resume input
+        # step -> where a step whose result could not be recorded was held (its effect
+        # happened): it runs again only on a resume input stored after that
+        self.held: dict[str, int] = {}
         self.has_timers = False  # any timer_set seen or emitted: a finish purges timers
 
     # -- feeding ----------------------------------------------------------------
@@ -68,12 +74,17 @@ class Recorded:
                 self.cancel = (msg.seq, body)
             elif isinstance(body, h.Pause | h.Resume):
                 self.paused = isinstance(body, h.Pause)
+                if isinstance(body, h.Resume):
+                    self.resumed_at = msg.seq
         self.last_seq = max(self.last_seq, msg.seq)
 
     def appended(self, seq: int) -> None:
         """The next journal entry was written at ``seq``."""
         self.out_seq = seq
         self.last_seq = max(self.last_seq, seq)
+        last = self.last_entry
+        if isinstance(last, h.RunBlocked) and last.error.type == UNRECORDABLE:
+            self.held[last.step] = seq  # where it landed: resumes stored before do not count
 
     def apply(self, body: Any) -> None:
         """Take in one journal entry (read back, or just decided)."""
@@ -93,6 +104,9 @@ class Recorded:
             self.values.extend(body.values)
         elif isinstance(body, h.RunCompleted | h.RunFailed | h.RunCancelled):
             self.terminal = body
+        elif isinstance(body, h.RunBlocked) and body.error.type == UNRECORDABLE:
+            # read back: out_seq is this entry's; just decided: nothing stored after it yet
+            self.held[body.step] = max(self.out_seq, self.last_seq)
 
     # -- lookups ----------------------------------------------------------------
 
@@ -109,6 +123,11 @@ class Recorded:
     def next_event(self, type: str) -> int | None:
         """The sequence of the earliest event of ``type`` no wait has taken."""
         return next((s for s, e in self.events if e.type == type and s not in self.consumed), None)
+
+    def holds(self, step: str) -> bool:
+        """Whether ``step`` is held on an unrecordable result with no resume since."""
+        at = self.held.get(step)
+        return at is not None and self.resumed_at <= at
 
     def fired(self, token: str) -> bool:
         """Whether a timer input for ``token`` is in the inbox (it wakes; time decides)."""

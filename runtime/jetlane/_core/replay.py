@@ -56,7 +56,7 @@ from .decisions import Unschedule as Unschedule
 from .decisions import timer_token as timer_token
 from .decisions import typed_result
 from .definition import DEFAULT_RETRY, Job, RetryPolicy
-from .determinism import ADVICE, ATOM_CALL, Diverged, base_name
+from .determinism import ADVICE, ATOM_CALL, Diverged, Held, base_name
 from .durations import format_time, parse_time
 from .errors import (
     ConfigError,
@@ -66,8 +66,10 @@ from .errors import (
     OrchestratorOnly,
     PayloadTooLarge,
     StepFailed,
+    deliberate,
+    describe,
 )
-from .recorded import Recorded
+from .recorded import UNRECORDABLE, Recorded
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024 - 16 * 1024
 current: contextvars.ContextVar[Replay] = contextvars.ContextVar("jetlane_replay")
@@ -326,6 +328,9 @@ class Replay:
         except Diverged as blocked:
             self._wake_with(self._block(blocked.step, blocked.message))
             return
+        except Held as held:
+            self._wake_with(self._block_with(held.info, held.step))
+            return
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
@@ -340,7 +345,11 @@ class Replay:
                 # Deterministic code cannot raise where it once went on: the code changed.
                 self._wake_with(self._diverged(f"raised {type(exc).__name__}: {exc}"))
                 return
-            self._wake_with(self._finish(h.RunFailed(error=error_info(exc))))
+            if deliberate(exc, self.job.fail_on):
+                self._wake_with(self._finish(h.RunFailed(error=error_info(exc))))
+                return
+            # A bug in handler code: the run keeps its place and waits for a fix.
+            self._wake_with(self._block_on_error(exc))
             return
         if self._atoms < len(self.recorded.order):
             self._wake_with(self._diverged("returned"))
@@ -348,8 +357,13 @@ class Replay:
         try:
             raw = msgspec.json.encode(output)
         except (TypeError, ValueError) as exc:
-            info = bounded_error("OutputError", f"cannot record the output: {exc}")
-            self._wake_with(self._finish(h.RunFailed(error=info)))
+            # The code is wrong, not the run: a fix that converts the value finishes it.
+            message = (
+                f"the handler returned a {type(output).__name__} jetlane cannot record: {exc}; "
+                "return JSON-shaped data (dict, list, str, numbers, msgspec Structs, "
+                "dataclasses) and deploy the fix: the run resumes"
+            )
+            self._wake_with(self._block_with(bounded_error("OutputError", message)))
             return
         if len(raw) > self.max_payload:
             info = error_info(PayloadTooLarge(f"output is {len(raw)} bytes; {self._limit_text()}"))
@@ -405,6 +419,34 @@ class Replay:
             # One entry per distinct block: the message may vary between attempts
             # (it quotes values), and a blocked run must not grow its journal forever.
             self._emit(entry)
+        self._blocked = Blocked(step, info)
+        return self._blocked
+
+    def _block_on_error(self, exc: BaseException) -> Blocked:
+        """Handler code raised ``exc`` outside the atoms, not on purpose: block."""
+        where = (
+            f"after step {self.current_step!r}"
+            if self.current_step is not None
+            else "before its first step"
+        )
+        type_, message = describe(exc)
+        info = error_info(exc)
+        text = (
+            f"handler code raised {type_}: {message} ({where}); the run waits for a fix: "
+            "deploy fixed code and it resumes from here. To fail the run on purpose raise "
+            "jetlane.Failure, or list the type in @job(fail_on=...)"
+        )
+        return self._block_with(bounded_error(type_, text, info.traceback))
+
+    def _block_with(self, info: h.ErrorInfo, step: str | None = None) -> Blocked:
+        """Block on a bug in the code (not a divergence) at ``step`` (default: the last)."""
+        step = step or self.current_step or "(start)"
+        self._new_values = []  # made by code that is about to change
+        last = self.recorded.last_entry
+        if not (
+            isinstance(last, h.RunBlocked) and last.step == step and last.error.type == info.type
+        ):
+            self._emit(h.RunBlocked(step=step, error=info))
         self._blocked = Blocked(step, info)
         return self._blocked
 
@@ -499,12 +541,40 @@ class Replay:
                     continue
                 attempt = last.attempt + 1
             self.current_step = step
+            if self.recorded.holds(step):
+                # Its effect happened and its result was not recordable: run it again
+                # only when an operator says so (a resume), never on a mere replay.
+                raise Held(step, self._unrecordable(step, None))
             # Values the handler took (ctx.uuid() for an idempotency key, ...) are
             # durable before a step that may have been handed them starts.
             self._record_values()
             outcome: Outcome = await self._request(Execute(step, attempt, fn, timeout))
             self._record(step, attempt, outcome, policy)
             await self._request(Checkpoint())
+            if self.recorded.holds(step):
+                raise Held(step, self._blocked_info(step))
+
+    def _unrecordable(
+        self, step: str, result: Any, exc: BaseException | None = None
+    ) -> h.ErrorInfo:
+        if exc is None:
+            return self._blocked_info(step)
+        message = (
+            f"step {step!r} returned a {type(result).__name__}, which jetlane cannot record "
+            f"({exc}). Its effect happened, so the run is held here rather than failed or "
+            "retried: make the step function return JSON-shaped data (e.g. response.json() "
+            "instead of the response), deploy the fix, then resume the run "
+            "(jetlane resume RUN_ID) to run the step again"
+        )
+        return bounded_error(UNRECORDABLE, message)
+
+    def _blocked_info(self, step: str) -> h.ErrorInfo:
+        """The error of the run_blocked that holds ``step``."""
+        last = self.recorded.last_entry
+        if isinstance(last, h.RunBlocked) and last.step == step:
+            return last.error
+        message = f"step {step!r} is held on a result that could not be recorded"
+        return bounded_error(UNRECORDABLE, message + "; resume the run to run it again")
 
     def _last_outcome(self, step: str) -> Any:
         return self.recorded.last_outcome(step)
@@ -515,9 +585,11 @@ class Replay:
             try:
                 raw = msgspec.json.encode(outcome.result)
             except (TypeError, ValueError) as exc:
-                error = NonRetryableError(
-                    f"step {step!r} returned a value jetlane cannot record: {exc}"
-                )
+                # The step's effect happened; failing it would lose that, retrying it would
+                # repeat it. Hold the run here until a fix and a resume (see ``do``).
+                info = self._unrecordable(step, outcome.result, exc)
+                self._emit(h.RunBlocked(step=step, error=info))
+                return
             else:
                 if len(raw) > self.max_payload:
                     error = PayloadTooLarge(
