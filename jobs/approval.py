@@ -14,6 +14,8 @@ import msgspec
 
 from jetlane import Context, EventTimeout, job, step
 
+from .effects import Effects
+
 
 class ApprovalInput(msgspec.Struct):
     change: str
@@ -48,24 +50,27 @@ async def approval(ctx: Context, input: ApprovalInput) -> ApprovalResult:
 
 
 class DemoApprovals:
-    """Stands in for a ticketing or chat integration."""
+    """Stands in for a ticketing or chat integration; its effects go to ``effects``."""
 
-    def __init__(self) -> None:
+    def __init__(self, effects: Effects | None = None) -> None:
+        self.effects = effects if effects is not None else Effects()
         self.requests: dict[str, str] = {}
         self.applied: set[str] = set()
 
     def request(self, *, change: str, approvers: list[str], key: str) -> dict[str, Any]:
         # Keyed by the step key: a re-executed step does not open a second ticket.
         ticket = self.requests.setdefault(key, f"TICKET-{len(self.requests) + 1}")
+        self.effects.record("approval-requested", change=change, ticket=ticket, key=key)
         return {"ticket": ticket, "approvers": approvers}
 
     def notify(self, *, change: str, text: str) -> None:
-        return None
+        self.effects.record("notified", change=change, text=text)
 
     def apply(self, *, change: str, key: str) -> str:
         self.applied.add(key)
+        self.effects.record("change-applied", change=change, key=key)
         return change
 
 
 def plugins() -> dict[str, Any]:
-    return {"approvals": DemoApprovals()}
+    return {"approvals": DemoApprovals(Effects.from_env())}
