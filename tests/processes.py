@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from jetlane import Names
@@ -25,13 +26,14 @@ class RunnerProcess:
         exec_log: Path,
         *,
         tag: str | None = None,
-        flags: dict[str, float] | None = None,
+        flags: Mapping[str, float | str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         args = [sys.executable, "-m", "tests.procs.runner_main", "--jobs", self.jobs, "--url", url]
         args += ["--prefix", names.prefix, "--stream", names.stream]
         for key, value in (flags or {}).items():
             args += [f"--{key.replace('_', '-')}", str(value)]
-        env = {**os.environ, "JETLANE_TEST_EXEC_LOG": str(exec_log)}
+        env = {**os.environ, "JETLANE_TEST_EXEC_LOG": str(exec_log), **(env or {})}
         self.log_path = exec_log.with_name(f"runner-{tag or id(self)}.log")
         with open(self.log_path, "ab") as out:
             self.process = subprocess.Popen(

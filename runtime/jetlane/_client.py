@@ -156,7 +156,32 @@ class Client:
         """Let a paused run go on. False (and nothing sent) when it has ended."""
         return await self._send_control(run_id, h.Resume())
 
-    async def _send_control(self, run_id: str, body: h.Cancel | h.Pause | h.Resume) -> bool:
+    async def pin(self, run_id: str, build: str, reason: str | None = None) -> bool:
+        """Move a run to the runners of ``build`` (rolling upgrades: re-pin a run whose
+        build is drained). The ``pin`` input stays in its history. False when ended."""
+        return await self._send_control(run_id, h.Pin(build=h.check_build_id(build), reason=reason))
+
+    async def pin_build(self, old: str, build: str, reason: str | None = None) -> list[str]:
+        """Re-pin every run of the index pinned to build ``old`` that has not ended to
+        ``build`` (after ``old`` was drained); the run ids sent a ``pin``."""
+        h.check_build_id(build)
+        moved: list[str] = []
+        cursor: str | None = None
+        while True:
+            page, cursor = await self.list_runs(build=old, limit=1000, cursor=cursor)
+            for run in page:
+                if not run.done and await self.pin(run.run_id, build, reason):
+                    moved.append(run.run_id)
+            if cursor is None:
+                return moved
+
+    async def waiting_runs(self) -> list[tuple[str, str, str]]:
+        """(run id, job, why) of every run marked as waiting for a runner: ``unserved``
+        (no runner serves its job), ``blocked`` (its code diverged) or ``build:<id>``
+        (pinned to a build whose runners have not taken it)."""
+        return [mark async for mark in self.log.waiting_runs()]
+
+    async def _send_control(self, run_id: str, body: h.Cancel | h.Pause | h.Resume | h.Pin) -> bool:
         status = await self.status(run_id)
         if status.done:
             return False
@@ -173,6 +198,13 @@ class Client:
                 status.detail = f"no runner serves job {status.job!r}; the run starts when one does"
             elif await self.log.lease_holder(run_id) is not None:
                 status.status = "running"  # a runner has it: its first step is under way
+        if status.build is not None and not status.done:
+            mark = await self.log.waiting_mark(run_id)
+            if mark is not None and mark[1] == f"build:{status.build}":
+                status.detail = (
+                    f"waits for a runner of build {status.build!r} (drained?): start one, "
+                    f"or re-pin it with `jetlane runs pin {run_id} --build NEW`"
+                )
         return status
 
     async def jobs(self) -> dict[str, dict[str, Any]]:
@@ -243,9 +275,13 @@ class Client:
         status: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        build: str | None = None,
     ) -> tuple[list[RunStatus], str | None]:
-        """Runs from the run index, newest first: one page and the next page's cursor."""
-        return await RunIndex(self.log).list(job=job, status=status, limit=limit, cursor=cursor)
+        """Runs from the run index, newest first: one page and the next page's cursor
+        (``build``: only runs pinned to that build)."""
+        return await RunIndex(self.log).list(
+            job=job, status=status, limit=limit, cursor=cursor, build=build
+        )
 
     async def rebuild_index(self) -> int:
         """Recompute the run index from every history; the number of runs indexed."""

@@ -90,6 +90,7 @@ class RunIndex:
         status: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        build: str | None = None,
     ) -> tuple[list[RunStatus], str | None]:
         """One page, newest first (creation time, then run id), and the next page's cursor.
 
@@ -117,6 +118,8 @@ class RunIndex:
             if job is not None and found.job != job:
                 continue
             if status is not None and found.status != status:
+                continue
+            if build is not None and found.build != build:
                 continue
             if below is not None and _key(found) >= below:
                 continue

@@ -26,6 +26,15 @@ blocked) is marked *waiting* and its delivery acked, so it holds no consumer
 capacity; runners that serve the job look for waiting runs when they start
 (new code), and hear about new ones on a wake subject.
 
+Builds (rolling upgrades). A runner with a build id pins each run it starts
+to its build (a ``run_started`` entry) and advances only runs pinned to it
+(or to no build): a run pinned to another build is never replayed here. It
+is marked waiting for that build, whose runners are asked on their build's
+wake subject to take it; when none answers (the build is drained), it waits
+for an operator's ``pin`` input, or is adopted (pinned to our build, by a
+``pin`` input) when the runner is told to. A runner without a build id
+serves every run, as before; its path has no extra step.
+
 Timers end sleeps, retries and wait timeouts by time: a fired schedule (or an
 in-process timer of the runner that parked the run) only wakes the run, and
 the core compares the clock with the ``fire_at`` its journal records. A timer
@@ -58,6 +67,7 @@ from ._core.errors import (
     DecodeError,
     FenceLost,
     JetlaneError,
+    NoResponders,
 )
 from ._core.replay import (
     DEFAULT_MAX_PAYLOAD,
@@ -93,6 +103,11 @@ class RunnerConfig:
     index: bool = True
     # How often runners look again for waiting runs of their jobs (besides at start).
     wake_interval: float = 300.0
+    # The code version this runner runs: pins the runs it starts, serves only those
+    # (None: serve every run, pinned or not).
+    build_id: str | None = None
+    # Take over runs pinned to a build that no live runner serves (with a pin input).
+    adopt_orphans: bool = False
 
 
 LOGGED_CHARS = 2000  # of an error message in a log line (the journal keeps 8 KiB)
@@ -133,6 +148,8 @@ class Runner:
         self.jobs = dict(registry() if jobs is None else jobs)
         self.plugins = plugins if isinstance(plugins, Plugins) else Plugins(dict(plugins or {}))
         self.config = config or RunnerConfig()
+        if self.config.build_id is not None:
+            h.check_build_id(self.config.build_id)
         self.id = runner_id or f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
         self._sessions: dict[str, _Session] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -171,12 +188,17 @@ class Runner:
         puller = self.log.puller(self._dispatch, consumer)
         await puller.start()
         validators = await serve_answers(
-            self.log, self.jobs, lambda run_id: self._wake(run_id, waiting=True)
+            self.log,
+            self.jobs,
+            lambda run_id: self._wake(run_id, waiting=True),
+            self.config.build_id,
         )
         heartbeat = asyncio.create_task(self._heartbeat())
         self.ready.set()
         waker = asyncio.create_task(self._wake_waiting())
-        logger.info("runner started", runner=self.id, jobs=sorted(self.jobs))
+        logger.info(
+            "runner started", runner=self.id, jobs=sorted(self.jobs), build=self.config.build_id
+        )
         try:
             while not self._stopping.is_set():
                 free = config.concurrency - len(self._tasks)
@@ -235,19 +257,20 @@ class Runner:
             return
         self._wake(run_id, msg)
 
-    def _wake(self, run_id: str, msg: Delivery | None = None, *, waiting: bool = False) -> None:
-        """Advance ``run_id``: join its session here, or start one."""
+    def _wake(self, run_id: str, msg: Delivery | None = None, *, waiting: bool = False) -> bool:
+        """Advance ``run_id``: join its session here, or start one (False: stopping)."""
         session = self._sessions.get(run_id)
         if session is not None:
             if msg is not None:
                 session.deliveries.append(msg)
             session.waiting = session.waiting or waiting
-            return
+            return True
         if self._stopping.is_set():
-            return
+            return False
         session = _Session(run_id, [msg] if msg is not None else [], waiting=waiting)
         self._sessions[run_id] = session
         self._tasks[run_id] = asyncio.create_task(self._session(session))
+        return True
 
     async def _dead_letter(self, msg: Delivery, run_id: str, reason: str) -> None:
         logger.warning("dead-lettered input", run_id=run_id, seq=msg.seq, reason=reason)
@@ -378,6 +401,8 @@ class Runner:
             if job is None:
                 await self._unserved(run_id, start.job, history)
                 return "done"
+            if self.config.build_id is not None and not await self._ours(run_id, job, history):
+                return "done"
             t0 = time.perf_counter()
             replay = Replay(job, run_id, plugins=self.plugins, max_payload=self.config.max_payload)
             for msg_ in history:
@@ -470,6 +495,58 @@ class Runner:
         )
         await self.log.mark_waiting(run_id, job, "unserved")
 
+    async def _ours(self, run_id: str, job: Job, history: list[h.Message]) -> bool:
+        """Whether a runner of our build may advance the run; a run no build owns yet
+        is pinned to ours first (if it has no journal entry: a run in flight stays
+        unpinned, as it was). ``history`` gets the ``run_started`` we append."""
+        ours = self.config.build_id
+        pinned = h.pinned_build(history)
+        if pinned == ours:
+            return True
+        if pinned is not None:
+            await self._foreign(run_id, job.name, pinned, history)
+            return False
+        if not any(m.direction == "out" for m in history):
+            body = h.RunStarted(build=ours)
+            try:
+                seq = await self.log.append(run_id, body, history[-1].seq)
+            except FenceLost:  # an input came (or a runner of another build pinned it)
+                raise Outdated("run_started") from None
+            history.append(h.Message(seq, run_id, "out", "run_started", body))
+        return True
+
+    async def _foreign(self, run_id: str, job: str, build: str, history: list[h.Message]) -> None:
+        """A run pinned to another build: marked waiting for it, and its runners asked to
+        take it; if none answers, adopted (``adopt_orphans``) or left for an operator."""
+        await self.log.mark_waiting(run_id, job, "build", build)
+        try:
+            await self.log.ask(self.log.names.wake(job, build), run_id.encode(), timeout=1.0)
+            logger.info(
+                "run pinned to another build; its runners took it", run_id=run_id, build=build
+            )
+            return
+        except (NoResponders, TimeoutError):
+            pass  # no live runner of that build serves the job (drained, or gone)
+        ours = self.config.build_id
+        if self.config.adopt_orphans and ours is not None:
+            reason = f"adopted by build {ours}: no live runner of build {build} serves {job}"
+            await self.log.publish_input(run_id, h.Pin(build=ours, reason=reason))
+            await self.log.clear_waiting(run_id)  # the pin's delivery takes it on
+            logger.warning("run adopted", run_id=run_id, job=job, build=build, to=ours)
+            return
+        if self.config.index:
+            summary = summarize(run_id, history)
+            if summary is not None:
+                summary.updated_at = format_time(datetime.now(UTC))
+                await self.log.put_index(run_id, record(summary))
+        logger.warning(
+            "run waits for a runner of its build; none is live: start one, or re-pin it "
+            "(jetlane runs pin RUN --build NEW)",
+            run_id=run_id,
+            job=job,
+            build=build,
+        )
+
     async def _moved_on(self, session: _Session) -> None:
         if session.waiting:
             session.waiting = False
@@ -491,7 +568,13 @@ class Runner:
 
     async def _catch_up(self, replay: Replay) -> Replay | None:
         tail = await self.log.read(replay.run_id, replay.last_seq)
-        if any(m.direction == "out" and m.seq > replay.out_seq for m in tail):
+        if any(m.direction == "out" and m.seq > replay.out_seq for m in tail) or (
+            self.config.build_id is not None
+            and any(
+                isinstance(m.body, h.Pin) and m.body.build != self.config.build_id for m in tail
+            )
+        ):
+            # Another runner wrote the journal, or the run was pinned to another build.
             replay.close()
             return None
         for msg in tail:
@@ -584,8 +667,8 @@ class Runner:
         while True:
             try:
                 count = 0
-                async for run_id, job, _why in self.log.waiting_runs():
-                    if job in self.jobs:
+                async for run_id, job, why in self.log.waiting_runs():
+                    if job in self.jobs and self._may_take(why):
                         while len(self._tasks) >= self.config.concurrency:
                             self._slot.clear()  # thousands may wait: keep to our slots
                             await self._slot.wait()
@@ -596,6 +679,15 @@ class Runner:
             except Exception as exc:  # a failed scan must not stop the runner: next time
                 logger.warning("scan of waiting runs failed", error=str(exc))
             await asyncio.sleep(self.config.wake_interval)
+
+    def _may_take(self, why: str) -> bool:
+        """Whether a waiting run marked ``why`` is one for us to look at."""
+        build = why.removeprefix("build:") if why.startswith("build:") else None
+        return (
+            build is None
+            or self.config.build_id in (None, build)
+            or self.config.adopt_orphans  # ours if its build has no live runner
+        )
 
     # -- liveness -------------------------------------------------------------
 

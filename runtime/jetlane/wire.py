@@ -14,6 +14,7 @@ repository's docs/protocol.md documents each kind with an example::
 
 from __future__ import annotations
 
+from ._core.history import BUILD_ID as BUILD_ID
 from ._core.history import INPUT_KINDS as INPUT_KINDS
 from ._core.history import JOB_NAME as JOB_NAME
 from ._core.history import JOURNAL_KINDS as JOURNAL_KINDS
@@ -33,11 +34,13 @@ from ._core.history import Invalid as Invalid
 from ._core.history import Journal as Journal
 from ._core.history import Message as Message
 from ._core.history import Pause as Pause
+from ._core.history import Pin as Pin
 from ._core.history import Resume as Resume
 from ._core.history import RunBlocked as RunBlocked
 from ._core.history import RunCancelled as RunCancelled
 from ._core.history import RunCompleted as RunCompleted
 from ._core.history import RunFailed as RunFailed
+from ._core.history import RunStarted as RunStarted
 from ._core.history import SleepCompleted as SleepCompleted
 from ._core.history import Start as Start
 from ._core.history import StepCompleted as StepCompleted
@@ -47,13 +50,16 @@ from ._core.history import TimerSet as TimerSet
 from ._core.history import ValuesRecorded as ValuesRecorded
 from ._core.history import WaitStarted as WaitStarted
 from ._core.history import WaitTimedOut as WaitTimedOut
+from ._core.history import check_build_id as check_build_id
 from ._core.history import check_job_name as check_job_name
 from ._core.history import check_run_id as check_run_id
 from ._core.history import decode as decode
 from ._core.history import encode as encode
 from ._core.history import kind_of as kind_of
+from ._core.history import pinned_build as pinned_build
 
 __all__ = [
+    "BUILD_ID",
     "INPUT_KINDS",
     "JOB_NAME",
     "JOURNAL_KINDS",
@@ -73,11 +79,13 @@ __all__ = [
     "Journal",
     "Message",
     "Pause",
+    "Pin",
     "Resume",
     "RunBlocked",
     "RunCancelled",
     "RunCompleted",
     "RunFailed",
+    "RunStarted",
     "SleepCompleted",
     "Start",
     "StepCompleted",
@@ -87,9 +95,11 @@ __all__ = [
     "ValuesRecorded",
     "WaitStarted",
     "WaitTimedOut",
+    "check_build_id",
     "check_job_name",
     "check_run_id",
     "decode",
     "encode",
     "kind_of",
+    "pinned_build",
 ]

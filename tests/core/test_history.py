@@ -62,6 +62,10 @@ def bodies(kind: str) -> st.SearchStrategy[Any]:
         fields["job"] = st.from_regex(h.JOB_NAME, fullmatch=True)
     if cls is h.Event:
         fields["type"] = st.text(min_size=1, max_size=20)
+    if cls is h.Pin:
+        fields["build"] = st.from_regex(h.BUILD_ID, fullmatch=True)
+    if cls is h.RunStarted:
+        fields["build"] = st.none() | st.from_regex(h.BUILD_ID, fullmatch=True)
     return st.builds(cls, **fields)
 
 

@@ -24,6 +24,8 @@ async def main() -> None:
     parser.add_argument("--lease-ttl", type=float, default=2.0)
     parser.add_argument("--drain-timeout", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--build-id", default=None)
+    parser.add_argument("--adopt-orphans", type=int, default=0)
     args = parser.parse_args()
     importlib.import_module(args.jobs)  # registers its @jobs
     structlog.configure(processors=[structlog.processors.JSONRenderer()])
@@ -37,6 +39,8 @@ async def main() -> None:
             ack_wait=args.ack_wait,
             drain_timeout=args.drain_timeout,
             concurrency=args.concurrency,
+            build_id=args.build_id,
+            adopt_orphans=bool(args.adopt_orphans),
         ),
     )
     loop = asyncio.get_running_loop()

@@ -10,6 +10,7 @@ histories keep decoding; fields are never renamed.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any, Final
 
 import msgspec
@@ -21,6 +22,8 @@ KIND_HEADER: Final = "Jetlane-Kind"
 VERSION_HEADER: Final = "Jetlane-Version"
 RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 JOB_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+# A runner's build (rolling upgrades): one subject token, so no dots.
+BUILD_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class _Wire(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
@@ -68,6 +71,13 @@ class Resume(_Wire, frozen=True):
     pass
 
 
+class Pin(_Wire, frozen=True):
+    """Move the run to the runners of ``build`` (an operator's re-pin, or an adoption)."""
+
+    build: str
+    reason: str | None = None
+
+
 class Timer(_Wire, frozen=True):
     """A fired message schedule (written by the server on a runner's behalf)."""
 
@@ -76,9 +86,15 @@ class Timer(_Wire, frozen=True):
     purpose: str = ""
 
 
-Input = Start | Event | Cancel | Pause | Resume | Timer
+Input = Start | Event | Cancel | Pause | Resume | Timer | Pin
 
 # -- journal (.out) -----------------------------------------------------------
+
+
+class RunStarted(_Wire, frozen=True):
+    """Written first, by a runner with a build id: the build the run is pinned to."""
+
+    build: str | None = None
 
 
 class StepCompleted(_Wire, frozen=True):
@@ -149,7 +165,8 @@ class RunCancelled(_Wire, frozen=True):
 
 
 Journal = (
-    StepCompleted
+    RunStarted
+    | StepCompleted
     | StepFailed
     | TimerSet
     | SleepCompleted
@@ -171,8 +188,10 @@ INPUT_KINDS: Final[dict[str, type[Any]]] = {
     "pause": Pause,
     "resume": Resume,
     "timer": Timer,
+    "pin": Pin,
 }
 JOURNAL_KINDS: Final[dict[str, type[Any]]] = {
+    "run_started": RunStarted,
     "step_completed": StepCompleted,
     "step_failed": StepFailed,
     "timer_set": TimerSet,
@@ -251,6 +270,9 @@ def decode(kind: str | None, data: bytes, *, direction: str | None = None) -> Bo
         raise DecodeError("event type is empty")
     if isinstance(body, Start) and not JOB_NAME.fullmatch(body.job):
         raise DecodeError(f"start names an invalid job {body.job[:64]!r}")
+    build = getattr(body, "build", None) if isinstance(body, Pin | RunStarted) else None
+    if (build is not None or isinstance(body, Pin)) and not BUILD_ID.fullmatch(build or ""):
+        raise DecodeError(f"{kind} names an invalid build {str(build)[:64]!r}")
     return body
 
 
@@ -260,6 +282,25 @@ def check_run_id(run_id: str) -> str:
             f"run id {str(run_id)[:64]!r} is invalid: use 1-128 characters of A-Z a-z 0-9 _ -"
         )
     return run_id
+
+
+def check_build_id(build: str) -> str:
+    if not isinstance(build, str) or not BUILD_ID.fullmatch(build):
+        raise ConfigError(
+            f"build id {str(build)[:64]!r} is invalid: use 1-64 characters of A-Z a-z 0-9 _ - "
+            "(a git sha, or v1-4-2 for 1.4.2: it is a NATS subject token)"
+        )
+    return build
+
+
+def pinned_build(messages: Iterable[Message]) -> str | None:
+    """The build a run is pinned to: its latest ``pin`` input, else its ``run_started``
+    entry, in stream order; None for a run no build owns (any runner serves it)."""
+    build = None
+    for msg in messages:
+        if isinstance(msg.body, Pin | RunStarted):
+            build = msg.body.build
+    return build
 
 
 def check_job_name(name: str) -> str:

@@ -40,6 +40,7 @@ class RunStatus(msgspec.Struct, kw_only=True):
     history_length: int = 0
     detail: str | None = None
     paused: bool = False
+    build: str | None = None  # the build the run is pinned to (rolling upgrades)
 
     @property
     def done(self) -> bool:
@@ -69,13 +70,15 @@ def update(state: RunStatus, msg: h.Message) -> None:
     state.history_length += 1
     if isinstance(msg.body, h.Pause | h.Resume):
         state.paused = isinstance(msg.body, h.Pause)
+    elif isinstance(msg.body, h.Pin | h.RunStarted):
+        state.build = msg.body.build
     if msg.direction == "out" and state.status not in TERMINAL_STATUSES:
         _apply(state, msg.body)
 
 
 def _apply(state: RunStatus, body: Any) -> None:
-    if isinstance(body, h.Invalid):
-        return  # not an entry (undecodable, or forged through a schedule)
+    if isinstance(body, h.Invalid | h.RunStarted):
+        return  # not an entry (undecodable, or forged through a schedule); or a pin
     if isinstance(body, h.ValuesRecorded | h.TimerSet):
         # A timer_set follows the entry that explains it (step_failed, wait_started)
         # or is a sleep; only a sleep changes what the run is doing.

@@ -406,10 +406,14 @@ class Log:
 
     # -- waiting runs (unserved job, blocked code) -----------------------------
 
-    async def mark_waiting(self, run_id: str, job: str, why: str) -> None:
-        """Remember a run that no runner can advance now; ``wake_scan`` finds it again."""
-        record = msgspec.json.encode({"job": job, "why": why})
-        await self._publish(self.names.waiting(run_id), record, {})
+    async def mark_waiting(self, run_id: str, job: str, why: str, build: str | None = None) -> None:
+        """Remember a run that no runner can advance now; ``wake_scan`` finds it again.
+        ``why`` is ``unserved``, ``blocked`` or ``build`` (pinned to ``build``, whose
+        runners the caller wakes itself)."""
+        mark: dict[str, str] = {"job": job, "why": why}
+        if build is not None:
+            mark["build"] = build
+        await self._publish(self.names.waiting(run_id), msgspec.json.encode(mark), {})
         if why == "unserved":
             # Best effort, for a runner that already serves the job (the mark is what
             # counts). Never for a blocked run: the runners that would hear it run
@@ -422,15 +426,34 @@ class Log:
 
     async def waiting_runs(self) -> AsyncIterator[tuple[str, str, str]]:
         """(run id, job, why) of every run marked waiting (paged: complete at any count;
-        a run marked again during the scan may come twice)."""
+        a run marked again during the scan may come twice). A run waiting for the
+        runners of a build has ``why`` ``build:<build>``."""
         prefix = len(self.names.waiting(""))
         async for value in last_values(self, self.names.waiting_stream):
             try:
                 record = msgspec.json.decode(value.data)
                 job, why = str(record["job"]), str(record.get("why", ""))
+                if why == "build":
+                    why = f"build:{record['build']}"
             except (msgspec.DecodeError, KeyError, TypeError):
                 continue  # not a mark of ours: skip it, never stop the scan
             yield value.subject[prefix:], job, why
+
+    async def waiting_mark(self, run_id: str) -> tuple[str, str] | None:
+        """(job, why) of the run's waiting mark (``why`` as ``waiting_runs`` says it), or
+        None when it has none."""
+        reply = await self._request(
+            f"$JS.API.DIRECT.GET.{self.names.waiting_stream}",
+            msgspec.json.encode({"last_by_subj": self.names.waiting(run_id)}),
+        )
+        if (reply.headers or {}).get("Status") is not None:
+            return None
+        try:
+            record = msgspec.json.decode(reply.data)
+            why = str(record.get("why", ""))
+            return str(record["job"]), (f"build:{record['build']}" if why == "build" else why)
+        except (msgspec.DecodeError, KeyError, TypeError, AttributeError):
+            return None
 
     # -- leases ---------------------------------------------------------------
 

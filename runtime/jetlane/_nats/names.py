@@ -59,8 +59,11 @@ class Names:
     def waiting_stream(self) -> str:
         return f"{self.stream}_WAITING"
 
-    def wake(self, job_name: str) -> str:
-        """Where runners serving ``job_name`` hear "a waiting run of yours can go on"."""
+    def wake(self, job_name: str, build: str | None = None) -> str:
+        """Where runners serving ``job_name`` hear "a waiting run of yours can go on";
+        with ``build``, only the runners of that build (runs pinned to it)."""
+        if build is not None:
+            return f"{self.prefix}.api.build.{build}.wake.{job_name}"
         return f"{self.prefix}.api.wake.{job_name}"
 
     @property

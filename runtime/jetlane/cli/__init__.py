@@ -158,6 +158,18 @@ def _runner_flags(parser: argparse.ArgumentParser, *, jobs_required: bool) -> No
         1,
         type=int,
     )
+    _flag(
+        parser,
+        "--build-id",
+        "JETLANE_BUILD_ID",
+        "this code's build: pin the runs it starts, serve only those (unset: serve every run)",
+    )
+    _switch(
+        parser,
+        "--adopt-orphans",
+        "JETLANE_ADOPT_ORPHANS",
+        "take over runs pinned to a build no live runner serves (recorded as a pin)",
+    )
     _flag(parser, "--log-level", "JETLANE_LOG_LEVEL", "debug, info, warning or error", "info")
     _switch(parser, "--log-json", "JETLANE_LOG_JSON", "JSON log lines even in a terminal")
     if jobs_required:
@@ -481,6 +493,8 @@ def _runner_config(args: argparse.Namespace) -> RunnerConfig:
         ack_wait=args.ack_wait,
         drain_timeout=args.drain_timeout,
         cache_size=0 if replay_always else RunnerConfig().cache_size,
+        build_id=h.check_build_id(args.build_id) if args.build_id else None,
+        adopt_orphans=args.adopt_orphans,
     )
 
 

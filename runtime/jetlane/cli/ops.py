@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from .._client import Client
+from .._core.errors import ConfigError
 
 OpenClient = Callable[..., AbstractAsyncContextManager[Client]]
 
@@ -47,6 +48,23 @@ def add_commands(
     listing.add_argument("--status", help="only runs in this status")
     listing.add_argument("--limit", type=int, default=50, help="page size (default 50)")
     listing.add_argument("--cursor", help="the cursor a previous page printed")
+    listing.add_argument("--build", help="only runs pinned to this build")
+    actions.add_parser(
+        "waiting",
+        parents=[conn, out],
+        help="runs waiting for a runner: job unserved, code blocked, or their build drained",
+    )
+    pin = actions.add_parser(
+        "pin",
+        parents=[conn, out],
+        help="move runs to the runners of another build (after draining theirs)",
+        description="Send a `pin` input: the run is advanced only by runners of --build "
+        "from its next wake-up on (it blocks visibly if that code does not fit its history).",
+    )
+    pin.add_argument("run_ids", nargs="*", metavar="RUN", help="runs to re-pin")
+    pin.add_argument("--build", required=True, help="the build to pin them to")
+    pin.add_argument("--from-build", help="re-pin every run pinned to this build not ended")
+    pin.add_argument("--reason", help="recorded with the pin in each run's history")
     actions.add_parser(
         "rebuild-index",
         parents=[conn, out],
@@ -82,6 +100,11 @@ async def cmd_api(args: argparse.Namespace, open_client: OpenClient) -> int:
 
 async def cmd_runs(args: argparse.Namespace, open_client: OpenClient, json_lines: bool) -> int:
     async with open_client(args, long_lived=False) as client:
+        if args.runs_command == "waiting":
+            marks = await client.waiting_runs()
+            return _print_waiting(marks, json_lines)
+        if args.runs_command == "pin":
+            return await _pin(client, args, json_lines)
         if args.runs_command == "rebuild-index":
             count = await client.rebuild_index()
             print(
@@ -91,7 +114,7 @@ async def cmd_runs(args: argparse.Namespace, open_client: OpenClient, json_lines
             )
             return 0
         runs, cursor = await client.list_runs(
-            job=args.job, status=args.status, limit=args.limit, cursor=args.cursor
+            job=args.job, status=args.status, limit=args.limit, cursor=args.cursor, build=args.build
         )
     for line in _lines(runs, json_lines):
         print(line)
@@ -104,12 +127,55 @@ async def cmd_runs(args: argparse.Namespace, open_client: OpenClient, json_lines
     return 0
 
 
+async def _pin(client: Client, args: argparse.Namespace, json_lines: bool) -> int:
+    if not args.run_ids and not args.from_build:
+        raise ConfigError("runs pin needs RUN ids or --from-build OLD")
+    moved = []
+    for run_id in args.run_ids:
+        if await client.pin(run_id, args.build, args.reason):
+            moved.append(run_id)
+        elif not json_lines:
+            print(f"{run_id}: already ended; nothing sent")
+    if args.from_build:
+        moved += await client.pin_build(args.from_build, args.build, args.reason)
+    for run_id in moved:
+        print(
+            msgspec.json.encode({"run_id": run_id, "build": args.build}).decode()
+            if json_lines
+            else f"{run_id}: pinned to build {args.build}"
+        )
+    return 0
+
+
+def _print_waiting(marks: list[tuple[str, str, str]], json_lines: bool) -> int:
+    if json_lines:
+        for run_id, job, why in marks:
+            print(msgspec.json.encode({"run_id": run_id, "job": job, "why": why}).decode())
+    else:
+        waits = {"unserved": "a runner of its job", "blocked": "code that fits its history"}
+        rows: list[tuple[str, ...]] = [("RUN", "JOB", "WAITS FOR")]
+        rows += [
+            (r, j, f"a runner of build {w[6:]}" if w.startswith("build:") else waits.get(w, w))
+            for r, j, w in marks
+        ]
+        for line in _table(rows):
+            print(line)
+    return 0
+
+
 def _lines(runs: list[Any], json_lines: bool) -> list[str]:
     if json_lines:
         return [msgspec.json.encode(r).decode() for r in runs]
-    rows = [("RUN", "JOB", "STATUS", "STEP", "CREATED")]
+    rows: list[tuple[str, ...]] = [("RUN", "JOB", "STATUS", "STEP", "CREATED")]
     rows += [(r.run_id, r.job, r.status, r.step or "-", r.created_at) for r in runs]
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    if any(r.build for r in runs):  # pinned runs (rolling upgrades): show their build
+        builds = ["BUILD", *(r.build or "-" for r in runs)]
+        rows = [(*row, build) for row, build in zip(rows, builds, strict=True)]
+    return _table(rows)
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return [
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
         for row in rows
