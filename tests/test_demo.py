@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 FAST = {
     # The runner is stopped in the first cool-down and killed during the first rollout:
     # both last long enough for that on a loaded machine (the demo reports it otherwise).
-    "JETLANE_DEMO_COOL_DOWN": "2s",
-    "JETLANE_DEMO_ROLLOUT": "1",
+    "JETLANE_DEMO_COOL_DOWN": "4s",
+    "JETLANE_DEMO_ROLLOUT": "2",
     "JETLANE_DEMO_RETRY_DELAY": "0.2s",
     "JETLANE_DEMO_TAKEOVER": "1",
     "JETLANE_DEMO_TIMEOUT": "50",
