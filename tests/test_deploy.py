@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,12 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-from jetlane import Client, ConnectOptions, Names, RunnerConfig
+from jetlane import Client, ConnectError, ConnectOptions, Names, RunnerConfig
 from jetlane._metrics import RunnerMetrics, serve_ops
 from jetlane.api import OPEN_PATHS, create_app
 from jetlane.embedded import free_port
+
+from . import nats_chart
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 K8S = DEPLOY / "k8s"
@@ -33,9 +36,11 @@ K8S_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
 
 # The one list of settings the manifests may pass: the runner CLI's and the API CLI's
 # env vars (checked against their --help once those flags exist), and the setup script's.
-RUNNER_ENV = frozenset(
+CONNECTION_ENV = frozenset(
+    {"JETLANE_NATS_URL", "JETLANE_NATS_USER", "JETLANE_NATS_PASSWORD", "JETLANE_NATS_TLS_CA"}
+)
+RUNNER_ENV = CONNECTION_ENV | frozenset(
     {
-        "JETLANE_NATS_URL",
         "JETLANE_JOBS",
         "JETLANE_CONCURRENCY",
         "JETLANE_ACK_WAIT",
@@ -45,8 +50,9 @@ RUNNER_ENV = frozenset(
         "JETLANE_LOG_LEVEL",
     }
 )
-API_ENV = frozenset({"JETLANE_NATS_URL", "JETLANE_API_TOKEN", "JETLANE_API_HOST"})
-SETUP_ENV = frozenset({"JETLANE_NATS_URL", "JETLANE_REPLICAS", "JETLANE_PREFIX", "JETLANE_STREAM"})
+API_ENV = CONNECTION_ENV | frozenset({"JETLANE_API_TOKEN", "JETLANE_API_HOST"})
+SETUP_ENV = CONNECTION_ENV | frozenset({"JETLANE_REPLICAS", "JETLANE_PREFIX", "JETLANE_STREAM"})
+USERS_SECRET = "jetlane-nats-users"
 METRICS_PORT = 9090  # the runner's --metrics-port default
 API_PORT = 8080  # `jetlane api --port 8080`
 NATS_MONITOR_PORT = 8222
@@ -205,7 +211,7 @@ def test_scaled_object_targets_the_runner_consumer(docs: list[Doc]) -> None:
     assert (meta["stream"], meta["consumer"], meta["account"]) == (
         names.stream,
         names.consumer,
-        "$G",
+        nats_chart.ACCOUNT,  # the account the values declare, not the global $G
     )
     assert int(meta["lagThreshold"]) > 0
     host, _, port = meta["natsServerMonitoringEndpoint"].rpartition(":")
@@ -277,16 +283,15 @@ def test_stream_setup_job_and_nats_values(docs: list[Doc]) -> None:
     assert set(env) <= SETUP_ENV
     assert int(env["JETLANE_REPLICAS"]) == cluster["replicas"]
     script = Path(container["command"][-1])
-    (mount,) = container["volumeMounts"]
-    assert script.parent == Path(mount["mountPath"])
-    (volume,) = job["spec"]["template"]["spec"]["volumes"]
-    config_map = _find(docs, "ConfigMap", volume["configMap"]["name"])
+    (mount,) = [m for m in container["volumeMounts"] if Path(m["mountPath"]) == script.parent]
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    config_map = _find(docs, "ConfigMap", volumes[mount["name"]]["configMap"]["name"])
     assert script.name in config_map["data"]
     runner = _find(docs, "Deployment", "jetlane-runner")
     for deployment in (job, runner, _find(docs, "Deployment", "jetlane-api")):
         (c,) = _containers(deployment)
         assert c["image"] == _containers(runner)[0]["image"]
-        assert _env(c)["JETLANE_NATS_URL"] == "nats://nats:4222"  # the chart's client Service
+        assert _env(c)["JETLANE_NATS_URL"] == "tls://nats:4222"  # the chart's client Service
 
 
 async def test_stream_setup_script_creates_the_streams(
@@ -309,13 +314,14 @@ async def test_stream_setup_script_creates_the_streams(
         )
         out, err = await asyncio.wait_for(proc.communicate(), 60)
         assert proc.returncode == 0, err.decode()
-        assert out.decode().count("1 replica(s)") == 4
+        assert out.decode().count("1 replica(s)") == 5
     js = client.log.js
     for stream in (
         f"{names.stream}S",
         f"{names.stream}S_TIMERS",
         f"{names.stream}S_INDEX",
         f"{names.stream}S_LEASES",
+        f"{names.stream}S_WAITING",
     ):
         info = await js.stream_info(stream)
         assert info.config.num_replicas == 1
@@ -333,3 +339,156 @@ def test_dockerfile() -> None:
     assert any(re.fullmatch(r"COPY jobs/ \S+", line) for line in lines)
     (expose,) = [line for line in lines if line.startswith("EXPOSE ")]
     assert {int(p) for p in expose.split()[1:]} == {API_PORT, METRICS_PORT}
+
+
+# -- secured by default: credentials from Secrets, TLS -------------------------------
+
+CERT_MANAGER = DEPLOY / "cert-manager"
+COMPONENTS = (
+    ("Job", "jetlane-stream-setup"),
+    ("Deployment", "jetlane-runner"),
+    ("Deployment", "jetlane-api"),
+)
+
+
+def _certificates() -> dict[str, Doc]:
+    docs = _load(CERT_MANAGER / "certificates.yaml")
+    kustomization = _load(CERT_MANAGER / "kustomization.yaml")[0]
+    assert kustomization["resources"] == ["certificates.yaml"]
+    for doc in docs:
+        assert doc["apiVersion"] == "cert-manager.io/v1" and doc["kind"] in (
+            "Issuer",
+            "Certificate",
+        )
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == "Certificate"}
+
+
+def test_every_component_connects_with_credentials_and_tls(docs: list[Doc]) -> None:
+    values = yaml.safe_load((DEPLOY / "nats-values.yaml").read_text())
+    users = nats_chart.users(values)
+    tls_secret = values["config"]["nats"]["tls"]["secretName"]
+    assert values["config"]["nats"]["tls"]["enabled"] is True
+    assert values["tlsCA"] == {"enabled": True, "secretName": tls_secret, "key": "ca.crt"}
+    server_cert = _certificates()[tls_secret]["spec"]
+    assert server_cert["secretName"] == tls_secret
+    # The server reads each password from its environment, filled from the users Secret.
+    server_env = values["container"]["env"]
+    for name, user in users.items():
+        ref = server_env[nats_chart.password_variable(user)]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": USERS_SECRET, "key": name}
+    seen = set()
+    for kind, name in COMPONENTS:
+        workload = _find(docs, kind, name)
+        (container,) = _containers(workload)
+        env = _env(container)
+        url = env["JETLANE_NATS_URL"]
+        assert url.startswith("tls://"), (name, url)
+        assert url.removeprefix("tls://").split(":")[0] in server_cert["dnsNames"]
+        user = env["JETLANE_NATS_USER"]
+        assert user in users, (name, user)
+        assert env["JETLANE_NATS_PASSWORD"]["secretKeyRef"] == {"name": USERS_SECRET, "key": user}
+        ca = Path(env["JETLANE_NATS_TLS_CA"])
+        (mount,) = [m for m in container["volumeMounts"] if Path(m["mountPath"]) == ca.parent]
+        assert mount["readOnly"] is True
+        volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
+        secret = volumes[mount["name"]]["secret"]
+        assert secret["secretName"] == tls_secret
+        assert secret["items"] == [{"key": "ca.crt", "path": ca.name}]  # never the key
+        seen.add(user)
+    assert seen == {"runner", "api"}
+
+
+def _manifest_env(
+    docs: list[Doc], kind: str, name: str, *, url: str, passwords: dict[str, str], ca: Path
+) -> dict[str, str]:
+    """What the container's environment would be, pointed at the test server."""
+    (container,) = _containers(_find(docs, kind, name))
+    out: dict[str, str] = {}
+    for key, value in _env(container).items():
+        if isinstance(value, dict):
+            ref = value["secretKeyRef"]
+            if ref["name"] != USERS_SECRET:
+                continue  # the API token: optional
+            value = passwords[ref["key"]]
+        out[key] = value
+    out["JETLANE_NATS_URL"] = url
+    out["JETLANE_NATS_TLS_CA"] = str(ca)
+    return out
+
+
+async def test_components_connect_to_the_deployed_accounts_over_tls(
+    docs: list[Doc], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real server with the values' accounts (rendered as the chart does) and TLS: the
+    setup Job, a runner and the API, each with exactly its manifest's environment, connect
+    and run a workflow; without the password the server refuses."""
+    from jetlane import Log, Runner, define_job
+    from jetlane.cli import build_parser, connect_options
+    from jetlane.embedded import EmbeddedNats
+
+    from .test_security import make_pki
+
+    values = nats_chart.load_values()
+    pki = make_pki(tmp_path / "pki")
+    passwords = {name: f"{name}-secret" for name in nats_chart.users(values)}
+    config = (
+        f'tls {{\n  cert_file: "{pki.server_cert}"\n  key_file: "{pki.server_key}"\n'
+        f'  ca_file: "{pki.ca}"\n}}\n' + nats_chart.render(values["config"]["merge"])
+    )
+    with monkeypatch.context() as server_env:
+        for key, value in nats_chart.server_environment(passwords, values).items():
+            server_env.setenv(key, value)
+        server = EmbeddedNats(tmp_path / "nats", config=config).start()
+    try:
+        url = f"tls://127.0.0.1:{server.port}"
+
+        def env_of(kind: str, name: str) -> dict[str, str]:
+            return _manifest_env(docs, kind, name, url=url, passwords=passwords, ca=pki.ca)
+
+        setup = env_of("Job", "jetlane-stream-setup") | {"JETLANE_REPLICAS": "1"}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(K8S / "stream-setup.py"),
+            env={**os.environ, **setup},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
+        assert out.decode().count("1 replica(s)") == 5
+
+        def options_of(kind: str, name: str, command: list[str]) -> ConnectOptions:
+            with monkeypatch.context() as env:
+                for key, value in env_of(kind, name).items():
+                    env.setenv(key, value)
+                return connect_options(build_parser().parse_args(command))
+
+        runner_options = options_of("Deployment", "jetlane-runner", ["runner"])
+        api_options = options_of("Deployment", "jetlane-api", ["api"])
+        assert (runner_options.user, api_options.user) == ("runner", "api")
+        with pytest.raises(ConnectError):
+            await Log.open(replace(api_options, password=None, reconnect=False), Names())
+
+        async def hello(ctx: Any, name: str) -> str:
+            return f"hello {name}"
+
+        job = define_job(name="deploy-hello", handler=hello, register=False)
+        runner_log = await Log.open(runner_options, Names(), lease_ttl=5)
+        runner = Runner(runner_log, {job.name: job}, config=RunnerConfig(drain_timeout=5))
+        task = asyncio.create_task(runner.run())
+        api_log = await Log.open(api_options, Names())
+        try:
+            await asyncio.wait_for(runner.ready.wait(), 10)
+            app = create_app(Client(api_log))
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
+                body = {"job": job.name, "input": "k8s", "id": "deployed1"}
+                assert (await http.post("/runs", json=body)).status_code == 201
+            assert await Client(api_log).result("deployed1", timeout=20) == "hello k8s"
+        finally:
+            runner.stop()
+            await asyncio.wait_for(task, 15)
+            await runner_log.close()
+            await api_log.close()
+    finally:
+        server.cleanup()

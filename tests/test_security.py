@@ -1,15 +1,17 @@
 """Locked-down NATS: TLS (certificates made here), mutual TLS, accounts, users and permissions.
 
-One server requires TLS with client certificates (mutual TLS) and has one
-account with four users: a runner (user/password), a publisher and an auditor
-(user/password, narrow permissions) and an nkey user. A second server uses a
-token. The permissions are the ones docs/durability.md documents.
+One server requires TLS with client certificates (mutual TLS) and has the account
+and users of deploy/nats-values.yaml, read as the Helm chart renders them: a
+runner, the API, a publisher and an auditor (user/password, narrow permissions),
+plus an nkey runner and a user with a permission typo. A second server uses a
+token. So the permissions proven here are the ones the deployment ships.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import gc
 import ipaddress
 import warnings
@@ -19,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
 import nkeys  # type: ignore[import-untyped]
 import pytest
@@ -43,8 +46,10 @@ from jetlane import (
 from jetlane import wire as h
 from jetlane._core.durations import format_time
 from jetlane._nats.connection import connect_nats
+from jetlane.api import create_app
 from jetlane.embedded import EmbeddedNats
 
+from . import nats_chart
 from .helpers import eventually
 
 # Refused TLS/auth connects leave nats-py transports behind (see the module fixture below);
@@ -54,9 +59,9 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
 ]
 
-PREFIX = "sec"
-STREAM = "SEC"
-NAMES = Names(PREFIX, STREAM)
+# The deployment's names: its permission blocks name jetlane.> and JETLANE.
+NAMES = Names()
+PREFIX, STREAM = NAMES.prefix, NAMES.stream
 
 
 # -- certificates ---------------------------------------------------------------
@@ -167,33 +172,14 @@ def make_pki(directory: Path) -> Pki:
 
 # -- the locked-down server -------------------------------------------------------
 
-# What each role may do; docs/durability.md shows the same blocks.
-RUNNER_PERMISSIONS = """{
-        publish: ["sec.>", "$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "_INBOX.>"]
-        subscribe: ["_INBOX.>", "sec.api.>"]
-      }"""
-_READ = (
-    '"$JS.API.INFO", "$JS.API.STREAM.INFO.*", "$JS.API.DIRECT.GET.*", '
-    '"$JS.API.CONSUMER.CREATE.SEC", "$JS.API.CONSUMER.CREATE.SEC.>", '
-    '"$JS.API.CONSUMER.DELETE.SEC.>", "$JS.API.CONSUMER.INFO.SEC.>", "$JS.FC.>"'
-)
-_NOT_THE_RUNNERS_CONSUMER = (
-    '"$JS.API.CONSUMER.*.SEC.sec-runners", "$JS.API.CONSUMER.*.SEC.sec-runners.>"'
-)
-PUBLISHER_PERMISSIONS = f"""{{
-        publish: {{
-          allow: ["sec.run.*.in", "sec.api.validate.>", {_READ}]
-          deny: [{_NOT_THE_RUNNERS_CONSUMER}]
-        }}
-        subscribe: ["_INBOX.>"]
-      }}"""
-AUDITOR_PERMISSIONS = f"""{{
-        publish: {{ allow: [{_READ}], deny: [{_NOT_THE_RUNNERS_CONSUMER}] }}
-        subscribe: ["_INBOX.>"]
-      }}"""
-
+# The accounts, users and permissions of deploy/nats-values.yaml, rendered as the chart
+# renders them (the one source of the permission blocks); the test adds a user with a
+# password of its own per role, an nkey runner and one with a typo in its permissions.
+DEPLOYED = nats_chart.load_values()
+ROLES = nats_chart.users(DEPLOYED)
+PASSWORDS = {name: f"{name}-pw" for name in ROLES}
 # May publish inputs but not read stream info: what a typo in a permission list does.
-LIMITED_PERMISSIONS = '{ publish: ["sec.run.*.in"], subscribe: ["_INBOX.>"] }'
+LIMITED_PERMISSIONS = {"publish": ["jetlane.run.*.in"], "subscribe": ["_INBOX.>"]}
 
 
 @dataclass(frozen=True)
@@ -234,6 +220,10 @@ def locked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Locked]:
     user = nkeys.from_seed(nkeys.encode_seed(bytes(range(32)), nkeys.PREFIX_BYTE_USER))
     seed_file = base / "user.nk"
     seed_file.write_bytes(user.seed)
+    accounts = copy.deepcopy(DEPLOYED["config"]["merge"]["accounts"])
+    users = accounts[nats_chart.ACCOUNT]["users"]
+    users.append({"nkey": user.public_key.decode(), "permissions": ROLES["runner"]["permissions"]})
+    users.append({"user": "limited", "password": "limited-pw", "permissions": LIMITED_PERMISSIONS})
     config = f"""
 tls {{
   cert_file: "{pki.server_cert}"
@@ -242,20 +232,11 @@ tls {{
   verify: true
   timeout: 2
 }}
-accounts {{
-  APP {{
-    jetstream: enabled
-    users: [
-      {{ user: runner, password: "runner-pw", permissions: {RUNNER_PERMISSIONS} }}
-      {{ user: publisher, password: "publisher-pw", permissions: {PUBLISHER_PERMISSIONS} }}
-      {{ user: auditor, password: "auditor-pw", permissions: {AUDITOR_PERMISSIONS} }}
-      {{ nkey: "{user.public_key.decode()}", permissions: {RUNNER_PERMISSIONS} }}
-      {{ user: limited, password: "limited-pw", permissions: {LIMITED_PERMISSIONS} }}
-    ]
-  }}
-}}
-"""
-    server = EmbeddedNats(base / "nats", config=config).start()
+""" + nats_chart.render({"accounts": accounts})
+    with pytest.MonkeyPatch.context() as env:  # as the chart's container.env would
+        for name, value in nats_chart.server_environment(PASSWORDS, DEPLOYED).items():
+            env.setenv(name, value)
+        server = EmbeddedNats(base / "nats", config=config).start()
     yield Locked(server, pki, seed_file)
     server.cleanup()
 
@@ -509,3 +490,45 @@ async def test_auditor_may_only_read(locked: Locked, runner: Runner) -> None:
 
 async def _status_is(client: Client, run_id: str, status: str) -> bool:
     return (await client.status(run_id)).status == status
+
+
+async def test_api_role_serves_every_route_and_cannot_write_the_journal(
+    locked: Locked, runner: Runner
+) -> None:
+    """The HTTP API logged in as the deployment's ``api`` user: starts, events, statuses,
+    histories, listings, the jobs runners serve and cancels all work; the journal does not."""
+    async with client_as(locked, user="api", password="api-pw") as api:
+        app = create_app(api)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
+            jobs = (await http.get("/jobs")).json()["jobs"]
+            assert "echo-sec" in [j["name"] for j in jobs]
+            started = await http.post("/runs", json={"job": "echo-sec", "input": 1, "id": "api1"})
+            assert started.status_code == 201, started.text
+            await eventually(lambda: _status_is(api, "api1", "waiting"), what="the run to wait")
+            sent = await http.post(
+                "/runs/events", json={"run_id": "api1", "type": "go", "payload": 2}
+            )
+            assert sent.status_code == 202, sent.text
+            assert await api.result("api1", timeout=20) == {"input": 1, "event": 2}
+            history = (await http.get("/runs/api1/history")).json()
+            assert history[0]["kind"] == "start" and history[-1]["kind"] == "run_completed"
+
+            async def listed() -> bool:
+                page = await http.get("/runs", params={"job": "echo-sec"})
+                assert page.status_code == 200, page.text
+                return "api1" in [r["run_id"] for r in page.json()["runs"]]
+
+            await eventually(listed, what="the run in the index listing")
+            await http.post("/runs", json={"job": "echo-sec", "input": 3, "id": "api2"})
+            cancelled = await http.post("/runs/api2/cancel", json={})
+            assert cancelled.status_code == 202, cancelled.text
+            await eventually(lambda: _status_is(api, "api2", "cancelled"), what="the cancel")
+        raw = await raw_log(locked, user="api", password="api-pw")
+        try:
+            with pytest.raises(JetlaneError):
+                await raw._publish(NAMES.journal("api1"), b"{}", {h.KIND_HEADER: "run_failed"})
+            with pytest.raises(JetlaneError):
+                await raw._publish(f"$JS.API.STREAM.PURGE.{STREAM}", b"{}", {})
+        finally:
+            await raw.close()

@@ -21,10 +21,24 @@ async def main() -> None:
         prefix=os.environ.get("JETLANE_PREFIX", "jetlane"),
         stream=os.environ.get("JETLANE_STREAM", "JETLANE"),
     )
-    options = ConnectOptions(url=os.environ.get("JETLANE_NATS_URL", "nats://nats:4222"))
+    env = os.environ.get
+    options = ConnectOptions(
+        url=env("JETLANE_NATS_URL", "tls://nats:4222"),
+        # The same variables as `jetlane runner` (docs/deploy.md).
+        user=env("JETLANE_NATS_USER"),
+        password=env("JETLANE_NATS_PASSWORD"),
+        token=env("JETLANE_NATS_TOKEN"),
+        creds=env("JETLANE_NATS_CREDS"),
+        nkey_seed=env("JETLANE_NATS_NKEY_SEED"),
+        tls_ca=env("JETLANE_NATS_TLS_CA"),
+        tls_cert=env("JETLANE_NATS_TLS_CERT"),
+        tls_key=env("JETLANE_NATS_TLS_KEY"),
+        name="jetlane-stream-setup",
+    )
     log = await Log.open(options, names, replicas=replicas)
     try:
-        for name in (names.timers_stream, names.stream, names.index_stream, names.lease_stream):
+        streams = (names.timers_stream, names.stream, names.index_stream, names.lease_stream)
+        for name in (*streams, names.waiting_stream):
             info = await log.js.stream_info(name)
             if info.config.num_replicas != replicas:
                 info.config.num_replicas = replicas

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from ._nats.log import FIRE_AT_HEADER
+
 _STEP_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800)
 _REPLAY_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5)
 _LENGTH_BUCKETS = (1, 10, 30, 100, 300, 1000, 3000, 10000, 30000)
+_LATENESS_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 
 
 class JobMetrics(NamedTuple):
@@ -91,6 +95,18 @@ class RunnerMetrics:
         self.dead_letters = Counter(
             "jetlane_dead_letters", "Inputs dead-lettered as unusable", registry=r
         )
+        self.runs_blocked = Counter(
+            "jetlane_runs_blocked",
+            "Runs parked as blocked (a step's code cannot go on until it is fixed)",
+            ["job"],
+            registry=r,
+        )
+        self.timer_lateness = Histogram(
+            "jetlane_timer_lateness_seconds",
+            "Seconds from a durable timer's due time to a runner taking up its delivery",
+            buckets=_LATENESS_BUCKETS,
+            registry=r,
+        )
         self.sessions_started = Counter(
             "jetlane_sessions_started",
             "Sessions started (a run taken up to be advanced: by a delivery, a timer, a wake)",
@@ -109,6 +125,21 @@ class RunnerMetrics:
                 self.retries.labels(job),
             )
         return children
+
+    def timer_received(self, headers: Mapping[str, str]) -> None:
+        """Observe how late a fired durable timer reached a runner that takes it up.
+
+        A redelivery is observed again (the run was woken that late); a message without
+        the server's ``Nats-Scheduler`` header or a readable due time is not a fired timer.
+        """
+        due = headers.get(FIRE_AT_HEADER)
+        if due is None or not headers.get("Nats-Scheduler"):
+            return
+        try:
+            late = datetime.now(UTC) - datetime.fromisoformat(due.replace("Z", "+00:00"))
+        except ValueError:
+            return  # not a time: forged or garbled, nothing to measure
+        self.timer_lateness.observe(max(late.total_seconds(), 0.0))
 
     def value(self, name: str, **labels: str) -> float:
         """A sample's current value (0 when it has none yet), e.g. for tests."""

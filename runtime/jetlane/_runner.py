@@ -251,10 +251,12 @@ class Runner:
         try:
             if parsed is None or not h.RUN_ID.fullmatch(run_id):
                 raise DecodeError(f"subject {msg.subject!r} does not name a valid run id")
-            h.decode(msg.headers.get(h.KIND_HEADER), msg.data, direction="in")
+            kind = h.decode(msg.headers.get(h.KIND_HEADER), msg.data, direction="in")
         except DecodeError as exc:
             await self._dead_letter(msg, run_id, str(exc))
             return
+        if isinstance(kind, h.Timer):
+            self.metrics.timer_received(msg.headers)
         self._wake(run_id, msg)
 
     def _wake(self, run_id: str, msg: Delivery | None = None, *, waiting: bool = False) -> bool:
@@ -453,6 +455,7 @@ class Runner:
                 # Waits for other code without holding consumer capacity: a runner
                 # that serves the job looks at it again when it starts.
                 await self.log.mark_waiting(run_id, replay.job.name, "blocked")
+                self.metrics.runs_blocked.labels(replay.job.name).inc()
                 session.waiting = False
                 return "done"
             if isinstance(decision, Finished):

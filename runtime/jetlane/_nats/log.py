@@ -44,6 +44,10 @@ from .router import ReplyRouter
 from .scan import Value, last_values, subjects
 from .streams import StreamSetup
 
+FIRE_AT_HEADER: Final = "Jetlane-Fire-At"
+"""When a durable timer is due, on its schedule; the server copies the header onto the
+fired message, so the runner that receives it can tell how late it came (a metric)."""
+
 BATCH: Final = 1000
 WRONG_LAST_SEQUENCE: Final = 10071
 
@@ -340,6 +344,7 @@ class Log:
             h.KIND_HEADER: "timer",
             h.VERSION_HEADER: h.VERSION,
             "Nats-Schedule": f"@at {format_time(fire_at)}",
+            FIRE_AT_HEADER: format_time(fire_at),  # copied onto the fired message
             "Nats-Schedule-Target": self.names.fired(run_id),
         }
         return await self._send(self.names.timer(run_id, token), h.encode(body), headers)
