@@ -32,6 +32,7 @@ from ._core.errors import StepFailed as StepFailed
 from ._core.errors import StepTimeout as StepTimeout
 from ._core.errors import StreamMismatch as StreamMismatch
 from ._core.errors import Unavailable as Unavailable
+from ._core.received import Event as Event
 from ._core.status import RunStatus as RunStatus
 from ._core.steps import step as step
 from ._nats.connection import ConnectOptions as ConnectOptions
@@ -47,6 +48,7 @@ __all__ = [
     "ConnectOptions",
     "Context",
     "DecodeError",
+    "Event",
     "EventTimeout",
     "Failure",
     "InputError",

@@ -51,7 +51,8 @@ def strategy_for(tp: Any) -> st.SearchStrategy[Any]:
     if tp is type(None):
         return st.none()
     if typing.get_origin(tp) is list:
-        return st.lists(json_values, max_size=4)
+        (item,) = typing.get_args(tp)
+        return st.lists(json_values if item is Any else strategy_for(item), max_size=4)
     raise AssertionError(f"no strategy for {tp!r}")
 
 

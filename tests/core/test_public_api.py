@@ -11,6 +11,7 @@ PUBLIC = {
     "ConnectOptions",
     "Context",
     "DecodeError",
+    "Event",
     "EventTimeout",
     "Failure",
     "InputError",

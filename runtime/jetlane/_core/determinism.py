@@ -41,11 +41,16 @@ def atom_of(body: Any) -> str | None:
     if isinstance(body, h.SleepCompleted):
         return "sleep"
     if isinstance(body, h.WaitStarted | h.EventReceived | h.WaitTimedOut):
-        return "wait"
+        return "wait" if body.types is None else "wait_any"
     return None
 
 
-ATOM_CALL = {"do": "step.do", "sleep": "step.sleep", "wait": "step.wait_for_event"}
+ATOM_CALL = {
+    "do": "step.do",
+    "sleep": "step.sleep",
+    "wait": "step.wait_for_event",
+    "wait_any": "step.wait_for_any",
+}
 
 
 ADVICE = (

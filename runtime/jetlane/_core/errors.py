@@ -136,12 +136,14 @@ class StepFailed(StepError):
 
 
 class EventTimeout(StepError, TimeoutError):
-    """A ``step.wait_for_event`` whose timeout passed before an event came."""
+    """A ``step.wait_for_event`` (or ``wait_for_any``) whose timeout passed first."""
 
-    def __init__(self, step: str, type: str) -> None:
-        super().__init__(f"step {step!r} timed out waiting for an event of type {type!r}")
+    def __init__(self, step: str, type: str, types: tuple[str, ...] | None = None) -> None:
+        what = " or ".join(repr(t) for t in types) if types else repr(type)
+        super().__init__(f"step {step!r} timed out waiting for an event of type {what}")
         self.step = step
         self.type = type
+        self.types = types or (type,)  # every type waited for (step.wait_for_any)
 
 
 class NonRetryableError(Exception):

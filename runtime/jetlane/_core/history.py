@@ -124,22 +124,30 @@ class SleepCompleted(_Wire, frozen=True):
     input_seq: int | None = None
 
 
-class WaitStarted(_Wire, frozen=True):
+# ``types`` (added in v1.1, absent otherwise) marks a step.wait_for_any: the types it
+# waits for. ``type`` stays: the first of them in wait_started and wait_timed_out, the
+# type of the event taken in event_received.
+
+
+class WaitStarted(_Wire, frozen=True, omit_defaults=True):
     step: str
     type: str
     timeout_at: str
+    types: list[str] | None = None
 
 
-class EventReceived(_Wire, frozen=True):
+class EventReceived(_Wire, frozen=True, omit_defaults=True):
     step: str
     type: str
     input_seq: int
+    types: list[str] | None = None
 
 
-class WaitTimedOut(_Wire, frozen=True):
+class WaitTimedOut(_Wire, frozen=True, omit_defaults=True):
     step: str
     type: str
     input_seq: int | None = None
+    types: list[str] | None = None
 
 
 class ValuesRecorded(_Wire, frozen=True):

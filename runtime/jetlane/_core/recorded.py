@@ -120,9 +120,9 @@ class Recorded:
                 return entry
         return None
 
-    def next_event(self, type: str) -> int | None:
-        """The sequence of the earliest event of ``type`` no wait has taken."""
-        return next((s for s, e in self.events if e.type == type and s not in self.consumed), None)
+    def next_event(self, types: tuple[str, ...]) -> int | None:
+        """The sequence of the earliest event of one of ``types`` no wait has taken."""
+        return next((s for s, e in self.events if e.type in types and s not in self.consumed), None)
 
     def holds(self, step: str) -> bool:
         """Whether ``step`` is held on an unrecordable result with no resume since."""

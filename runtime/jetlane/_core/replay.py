@@ -69,6 +69,7 @@ from .errors import (
     deliberate,
     describe,
 )
+from .received import Event
 from .recorded import UNRECORDABLE, Recorded
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024 - 16 * 1024
@@ -233,7 +234,8 @@ class Replay:
         """
         if not isinstance(body, h.WaitTimedOut):
             return False
-        return self.recorded.next_event(body.type) is not None
+        types = tuple(body.types) if body.types is not None else (body.type,)
+        return self.recorded.next_event(types) is not None
 
     def fired(self, token: str) -> bool:
         """Whether a timer input for ``token`` is in the inbox (it wakes; time decides)."""
@@ -644,33 +646,49 @@ class Replay:
             await self._park(step, token, fire_at, h.Timer(token, step, "sleep"))
 
     async def wait(self, name: str, type: str, timeout: float) -> Any:
-        step = self.enter(name, "wait")
+        step, seq = await self._wait(name, (type,), timeout, any_of=False)
+        return self._payload(step, seq)
+
+    async def wait_any(self, name: str, types: tuple[str, ...], timeout: float) -> Event:
+        step, seq = await self._wait(name, types, timeout, any_of=True)
+        event = self.recorded.event_at[seq]
+        return Event(type=event.type, payload=self._payload(step, seq), seq=seq)
+
+    async def _wait(
+        self, name: str, types: tuple[str, ...], timeout: float, *, any_of: bool
+    ) -> tuple[str, int]:
+        """Park until an event of one of ``types``: its step id and input sequence."""
+        step = self.enter(name, "wait_any" if any_of else "wait")
         token = timer_token(step, "wait_timeout", 1)
+        marked = list(types) if any_of else None  # what marks a wait_for_any on the wire
         while True:
             entries = self.recorded.entries(step)
             started: h.WaitStarted | None = None
             for entry in entries:
                 if isinstance(entry, h.EventReceived):
-                    return self._payload(step, entry.input_seq)
+                    return step, entry.input_seq
                 if isinstance(entry, h.WaitTimedOut):
-                    raise EventTimeout(step, type)
+                    raise EventTimeout(step, types[0], types if any_of else None)
                 if isinstance(entry, h.WaitStarted):
                     started = entry
-            event_seq = self.recorded.next_event(type)
+            event_seq = self.recorded.next_event(types)
             if event_seq is not None:
                 # An event stored before the runner decides wins, even at the deadline.
-                self._emit(h.EventReceived(step=step, type=type, input_seq=event_seq))
+                taken = self.recorded.event_at[event_seq].type
+                self._emit(
+                    h.EventReceived(step=step, type=taken, input_seq=event_seq, types=marked)
+                )
                 if started is not None:
                     self.outbox.append(Unschedule(token))
-                return self._payload(step, event_seq)
+                return step, event_seq
             if started is not None and self.clock() >= parse_time(started.timeout_at):
-                self._emit(h.WaitTimedOut(step=step, type=type, input_seq=None))
-                raise EventTimeout(step, type)
+                self._emit(h.WaitTimedOut(step=step, type=types[0], input_seq=None, types=marked))
+                raise EventTimeout(step, types[0], types if any_of else None)
             if started is None:
                 timeout_at = self.clock() + timedelta(seconds=timeout)
                 self._schedule(step, "wait_timeout", 1, timeout_at)
                 at = format_time(timeout_at)
-                self._emit(h.WaitStarted(step=step, type=type, timeout_at=at))
+                self._emit(h.WaitStarted(step=step, type=types[0], timeout_at=at, types=marked))
                 self._emit(h.TimerSet(step=step, timer=token, fire_at=at, purpose="wait_timeout"))
                 fire_at = timeout_at
             else:

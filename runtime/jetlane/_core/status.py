@@ -100,7 +100,9 @@ def _apply(state: RunStatus, body: Any) -> None:
         if body.retry_at is not None:
             state.status, state.waiting_for, state.until = "retrying", "timer", body.retry_at
     elif isinstance(body, h.WaitStarted):
-        state.status, state.waiting_for, state.until = "waiting", body.type, body.timeout_at
+        # step.wait_for_any: the types it waits for, "|"-separated
+        waiting_for = "|".join(body.types) if body.types else body.type
+        state.status, state.waiting_for, state.until = "waiting", waiting_for, body.timeout_at
     elif isinstance(body, h.RunBlocked):
         state.status, state.error = "blocked", body.error
     elif isinstance(body, h.RunCompleted):

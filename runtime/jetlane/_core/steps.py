@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar, overload
 
 from .definition import RetryPolicy
 from .durations import Duration, to_seconds, utc
 from .errors import ConfigError
+from .received import Event
 from .replay import Replay, current
 
 T = TypeVar("T")
@@ -25,7 +26,8 @@ def _replay(atom: str) -> Replay:
 
 
 class _Steps:
-    """``step.do``, ``step.sleep``, ``step.sleep_until``, ``step.wait_for_event``."""
+    """``step.do``, ``step.sleep``, ``step.sleep_until``, ``step.wait_for_event``,
+    ``step.wait_for_any``."""
 
     @overload
     async def do(
@@ -92,6 +94,26 @@ class _Steps:
         if not isinstance(type, str) or not type:
             raise ConfigError("step.wait_for_event needs a non-empty type=")
         return await replay.wait(name, type, to_seconds(timeout, what="wait timeout"))
+
+    async def wait_for_any(
+        self, name: str, *, types: Sequence[str], timeout: Duration = "24h"
+    ) -> Event:
+        """Park until an event of any of ``types`` is sent to the run; return it as an
+        ``Event`` (``.type``, ``.payload``, ``.seq``).
+
+        Events sent before the wait count, the earliest first. Only the event returned
+        is taken: events of the other types stay for later waits. Raises
+        ``EventTimeout`` when ``timeout`` passes first.
+        """
+        replay = _replay("wait_for_any")
+        if isinstance(types, str) or not types:
+            raise ConfigError("step.wait_for_any needs types=[...], a non-empty list of types")
+        wanted = tuple(types)
+        if not all(isinstance(t, str) and t for t in wanted) or len(set(wanted)) != len(wanted):
+            raise ConfigError(
+                f"step.wait_for_any types= must be distinct non-empty strings: {types!r}"
+            )
+        return await replay.wait_any(name, wanted, to_seconds(timeout, what="wait timeout"))
 
 
 step = _Steps()
