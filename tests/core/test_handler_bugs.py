@@ -13,6 +13,7 @@ from jetlane import (
     ConfigError,
     Context,
     Failure,
+    NonDeterminismError,
     NonRetryableError,
     RetryPolicy,
     StepFailed,
@@ -21,6 +22,7 @@ from jetlane import (
 from jetlane import wire as h
 from jetlane._core.definition import define_job, describe_job
 from jetlane._core.replay import Blocked, Finished
+from jetlane.testing import replay_async
 
 from .replay_driver import Driver, job_of, of, plain
 
@@ -267,3 +269,50 @@ async def test_an_unrecordable_output_blocks_and_a_fix_finishes_the_run() -> Non
     await fix(d, fixed)
     assert isinstance(await d.advance(), Finished)
     assert d.executed == [("a", 1)]
+
+
+# -- checking code against recorded histories (jetlane.testing.replay) -----------------
+
+
+async def test_replay_passes_fixed_code_over_the_history_of_a_held_run() -> None:
+    async def buggy(ctx: Context) -> int:
+        await step.do("quote", lambda: 1)
+        response = await step.do("post", lambda: Response({"id": 7}))
+        return int(response["id"])  # type: ignore[index]
+
+    d = Driver(job_of(buggy))
+    assert isinstance(await d.advance(), Blocked)
+
+    async def fixed(ctx: Context) -> int:
+        await step.do("quote", lambda: 1)
+        body = await step.do("post", lambda: Response({"id": 7}).json())
+        return int(body["id"])
+
+    # What a team runs before deploying the fix: the held run is no mismatch.
+    await replay_async(job_of(fixed), d.log)
+
+    async def renamed(ctx: Context) -> int:
+        await step.do("price", lambda: 1)
+        body = await step.do("post", lambda: Response({"id": 7}).json())
+        return int(body["id"])
+
+    with pytest.raises(NonDeterminismError, match="'price'"):
+        await replay_async(job_of(renamed), d.log)
+
+
+async def test_replay_passes_a_history_that_failed_on_a_bug_before_bugs_blocked() -> None:
+    async def buggy(ctx: Context, input: dict[str, str]) -> str:
+        return input["carrier"]
+
+    def message(seq: int, direction: str, body: Any) -> h.Message:
+        return h.Message(seq, "r1", direction, h.kind_of(body), body, "2025-01-01T00:00:00Z")
+
+    failed = h.RunFailed(error=h.ErrorInfo(type="KeyError", message="'carrier'"))
+    old = [message(1, "in", h.Start(job="t", input={})), message(2, "out", failed)]
+    await replay_async(job_of(buggy), old)  # it ended there; this code stops there too
+
+    async def other_bug(ctx: Context, input: dict[str, str]) -> str:
+        return str(int(input.get("carrier", "x")))
+
+    with pytest.raises(NonDeterminismError, match="ValueError"):
+        await replay_async(job_of(other_bug), old)
