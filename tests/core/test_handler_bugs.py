@@ -5,6 +5,7 @@ step (its effect happened) until an operator resumes it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -21,7 +22,7 @@ from jetlane import (
 )
 from jetlane import wire as h
 from jetlane._core.definition import define_job, describe_job
-from jetlane._core.replay import Blocked, Finished
+from jetlane._core.replay import Blocked, Finished, Park
 from jetlane.testing import replay_async
 
 from .replay_driver import Driver, job_of, of, plain
@@ -316,3 +317,50 @@ async def test_replay_passes_a_history_that_failed_on_a_bug_before_bugs_blocked(
 
     with pytest.raises(NonDeterminismError, match="ValueError"):
         await replay_async(job_of(other_bug), old)
+
+
+# -- handler code that catches the engine's unwinding ----------------------------------
+
+
+async def test_a_handler_that_catches_base_exception_cannot_run_past_a_held_step() -> None:
+    effects: list[str] = []
+
+    def post() -> Response:
+        effects.append("posted")
+        return Response({"id": 7})
+
+    async def swallows(ctx: Context) -> str:
+        with contextlib.suppress(BaseException):  # swallows the engine's unwinding too
+            await step.do("post", post)
+        await step.do("after", lambda: 1)
+        return "went on"
+
+    d = Driver(job_of(swallows))
+    for _ in range(2):  # live, then a replay of the log
+        held = await d.advance()
+        assert isinstance(held, Blocked) and held.error.type == "UnrecordableResult"
+        await d.crash()
+    assert effects == ["posted"] and d.executed == [("post", 1)]
+    assert not of(d, h.RunCompleted) and len(of(d, h.RunBlocked)) == 1
+
+
+async def test_a_handler_that_catches_base_exception_cannot_run_past_a_divergence() -> None:
+    async def old(ctx: Context) -> str:
+        await step.do("a", lambda: 1)
+        await step.sleep("nap", "1h")
+        return "old"
+
+    d = Driver(job_of(old))
+    assert isinstance(await d.advance(), Park)
+
+    async def swallows(ctx: Context) -> str:
+        try:
+            await step.do("b", lambda: 2)  # the history records 'a' here
+        except BaseException:
+            return "swallowed"
+        return "new"
+
+    await fix(d, swallows)
+    blocked = await d.advance()
+    assert isinstance(blocked, Blocked) and blocked.error.type == "NonDeterminismError"
+    assert "'b'" in blocked.error.message and not of(d, h.RunCompleted)
