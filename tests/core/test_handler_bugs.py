@@ -364,3 +364,35 @@ async def test_a_handler_that_catches_base_exception_cannot_run_past_a_divergenc
     blocked = await d.advance()
     assert isinstance(blocked, Blocked) and blocked.error.type == "NonDeterminismError"
     assert "'b'" in blocked.error.message and not of(d, h.RunCompleted)
+
+
+async def test_fixed_code_that_renames_a_held_step_does_not_run_it_without_a_resume() -> None:
+    effects: list[str] = []
+
+    def post() -> Response:
+        effects.append("posted")
+        return Response({"id": 7})
+
+    async def buggy(ctx: Context) -> int:
+        await step.do("quote", lambda: 1)
+        response = await step.do("post", post)
+        return int(response["id"])  # type: ignore[index]
+
+    d = Driver(job_of(buggy))
+    assert isinstance(await d.advance(), Blocked)
+
+    async def renamed(ctx: Context) -> int:
+        await step.do("quote", lambda: 1)
+        body = await step.do("post-json", lambda: post().json())  # the fix renamed it
+        return int(body["id"])
+
+    await fix(d, renamed)
+    blocked = await d.advance()
+    assert isinstance(blocked, Blocked) and blocked.step == "post"
+    assert blocked.error.type == "NonDeterminismError" and "'post-json'" in blocked.error.message
+    assert effects == ["posted"]
+
+    d.publish(h.Resume())  # the operator's word: the renamed step may run
+    await d.crash()
+    assert isinstance(await d.advance(), Finished)
+    assert effects == ["posted", "posted"]

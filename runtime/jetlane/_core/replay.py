@@ -504,6 +504,22 @@ class Replay:
                         f"{ATOM_CALL[atom]}({name!r}) (step id {step!r})" + ADVICE,
                     )
                 )
+        elif (held := self.recorded.held_at_frontier()) is not None and (held, "do") != (
+            step,
+            atom,
+        ):
+            # A held step has no outcome recorded, so positions alone would let code
+            # that renamed it run its effect again with no resume.
+            raise self._unwind(
+                Diverged(
+                    held,
+                    f"step #{index + 1} is step.do({base_name(held)!r}) (step id {held!r}), "
+                    "held because its result could not be recorded (its effect happened), but "
+                    f"the code now calls {ATOM_CALL[atom]}({name!r}) (step id {step!r}) there. "
+                    "Keep the held step's name, or resume the run (jetlane resume RUN_ID) to "
+                    "let the code go on without it",
+                )
+            )
         self.current_step = step
         return step
 
