@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from jetlane import Client, Names
+from jetlane._nats.log import Log
 from jetlane.embedded import EmbeddedNats
 
 from .helpers import eventually
@@ -50,7 +51,7 @@ async def test_a_bug_blocks_and_a_runner_with_fixed_code_finishes_the_run(
 
 
 async def test_an_unrecordable_result_is_held_across_restarts_until_resumed(
-    nats_server: EmbeddedNats, client: Client, names: Names, tmp_path: Path
+    nats_server: EmbeddedNats, client: Client, log: Log, names: Names, tmp_path: Path
 ) -> None:
     exec_log, fixed = tmp_path / "exec.log", tmp_path / "fixed"
     runner = RunnerProcess(nats_server.url, names, exec_log, tag="a")
@@ -72,5 +73,12 @@ async def test_an_unrecordable_result_is_held_across_restarts_until_resumed(
         assert await client.resume("held-1")
         assert await client.result("held-1", timeout=30) == 7
         assert executions(exec_log) == ["held-1/post", "held-1/post"]
+
+        # The run moved on after its resume: it is no longer marked waiting, so no
+        # runner replays it again at its start or its next scan.
+        async def unmarked() -> bool:
+            return "held-1" not in [r async for r, _, _ in log.waiting_runs()]
+
+        await eventually(unmarked, timeout=10, what="held-1's waiting mark to be cleared")
     finally:
         runner.kill()

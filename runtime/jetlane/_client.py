@@ -153,7 +153,9 @@ class Client:
         return await self._send_control(run_id, h.Pause(reason=reason))
 
     async def resume(self, run_id: str) -> bool:
-        """Let a paused run go on. False (and nothing sent) when it has ended."""
+        """Let a paused run go on, and a step held on a result that could not be recorded
+        run again (stored after the hold, it is the word that fixed code is deployed).
+        False (and nothing sent) when the run has ended."""
         return await self._send_control(run_id, h.Resume())
 
     async def pin(self, run_id: str, build: str, reason: str | None = None) -> bool:

@@ -413,6 +413,10 @@ class Runner:
             self._summaries[run_id] = summarize(run_id, history) or RunStatus(
                 run_id=run_id, job=start.job, status="queued"
             )
+            if self._summaries[run_id].status == "blocked":
+                # Marked waiting when it blocked; a delivery (a resume, an event) rather
+                # than a scan may be what moves it on: clear the mark then too.
+                session.waiting = True
             replaying: float | None = t0
         else:
             replaying = None

@@ -49,6 +49,7 @@ from ._core.errors import (
     RunFailedError,
     RunNotFound,
 )
+from ._core.recorded import UNRECORDABLE
 from ._core.replay import Blocked, Execute, Finished, Outcome, Park, Replay
 from ._core.status import RunStatus, summarize
 from ._drive import Driver
@@ -394,12 +395,12 @@ async def replay_async(
         for message in kept:
             core.ingest(message)
         decision = await core.next(None)
-        if isinstance(decision, Blocked):
+        recorded = [m.body for m in messages if isinstance(m.body, h.TERMINAL)]
+        if isinstance(decision, Blocked) and not _same_stop(decision, recorded):
             raise NonDeterminismError(
                 f"run {core.run_id!r} of job {job.name!r} would block on this code at step "
                 f"{decision.step!r}: {decision.error.message}"
             )
-        recorded = [m.body for m in messages if isinstance(m.body, h.TERMINAL)]
         if isinstance(decision, Finished) and recorded:
             ended, now = type(recorded[0]).__name__, type(decision.entry).__name__
             if ended != now and not isinstance(recorded[0], h.RunCancelled):
@@ -409,6 +410,24 @@ async def replay_async(
                 )
     finally:
         await core.aclose()
+
+
+def _same_stop(decision: Blocked, recorded: list[Any]) -> bool:
+    """Whether the code stops where the history did, not on a mismatch.
+
+    A step held on a result that could not be recorded is where the run waits for a
+    resume: the code reached it through the history. A history that ended failed on
+    an exception handler code raised (recorded before such a bug blocked a run) ends
+    as this code would, which now blocks on it.
+    """
+    if decision.error.type == UNRECORDABLE:
+        return True
+    ended = recorded[0] if recorded else None
+    return (
+        isinstance(ended, h.RunFailed)
+        and decision.error.type != "NonDeterminismError"
+        and ended.error.type == decision.error.type
+    )
 
 
 class _Anything:

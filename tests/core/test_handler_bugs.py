@@ -5,6 +5,7 @@ step (its effect happened) until an operator resumes it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from jetlane import (
     ConfigError,
     Context,
     Failure,
+    NonDeterminismError,
     NonRetryableError,
     RetryPolicy,
     StepFailed,
@@ -20,7 +22,8 @@ from jetlane import (
 )
 from jetlane import wire as h
 from jetlane._core.definition import define_job, describe_job
-from jetlane._core.replay import Blocked, Finished
+from jetlane._core.replay import Blocked, Finished, Park
+from jetlane.testing import replay_async
 
 from .replay_driver import Driver, job_of, of, plain
 
@@ -267,3 +270,129 @@ async def test_an_unrecordable_output_blocks_and_a_fix_finishes_the_run() -> Non
     await fix(d, fixed)
     assert isinstance(await d.advance(), Finished)
     assert d.executed == [("a", 1)]
+
+
+# -- checking code against recorded histories (jetlane.testing.replay) -----------------
+
+
+async def test_replay_passes_fixed_code_over_the_history_of_a_held_run() -> None:
+    async def buggy(ctx: Context) -> int:
+        await step.do("quote", lambda: 1)
+        response = await step.do("post", lambda: Response({"id": 7}))
+        return int(response["id"])  # type: ignore[index]
+
+    d = Driver(job_of(buggy))
+    assert isinstance(await d.advance(), Blocked)
+
+    async def fixed(ctx: Context) -> int:
+        await step.do("quote", lambda: 1)
+        body = await step.do("post", lambda: Response({"id": 7}).json())
+        return int(body["id"])
+
+    # What a team runs before deploying the fix: the held run is no mismatch.
+    await replay_async(job_of(fixed), d.log)
+
+    async def renamed(ctx: Context) -> int:
+        await step.do("price", lambda: 1)
+        body = await step.do("post", lambda: Response({"id": 7}).json())
+        return int(body["id"])
+
+    with pytest.raises(NonDeterminismError, match="'price'"):
+        await replay_async(job_of(renamed), d.log)
+
+
+async def test_replay_passes_a_history_that_failed_on_a_bug_before_bugs_blocked() -> None:
+    async def buggy(ctx: Context, input: dict[str, str]) -> str:
+        return input["carrier"]
+
+    def message(seq: int, direction: str, body: Any) -> h.Message:
+        return h.Message(seq, "r1", direction, h.kind_of(body), body, "2025-01-01T00:00:00Z")
+
+    failed = h.RunFailed(error=h.ErrorInfo(type="KeyError", message="'carrier'"))
+    old = [message(1, "in", h.Start(job="t", input={})), message(2, "out", failed)]
+    await replay_async(job_of(buggy), old)  # it ended there; this code stops there too
+
+    async def other_bug(ctx: Context, input: dict[str, str]) -> str:
+        return str(int(input.get("carrier", "x")))
+
+    with pytest.raises(NonDeterminismError, match="ValueError"):
+        await replay_async(job_of(other_bug), old)
+
+
+# -- handler code that catches the engine's unwinding ----------------------------------
+
+
+async def test_a_handler_that_catches_base_exception_cannot_run_past_a_held_step() -> None:
+    effects: list[str] = []
+
+    def post() -> Response:
+        effects.append("posted")
+        return Response({"id": 7})
+
+    async def swallows(ctx: Context) -> str:
+        with contextlib.suppress(BaseException):  # swallows the engine's unwinding too
+            await step.do("post", post)
+        await step.do("after", lambda: 1)
+        return "went on"
+
+    d = Driver(job_of(swallows))
+    for _ in range(2):  # live, then a replay of the log
+        held = await d.advance()
+        assert isinstance(held, Blocked) and held.error.type == "UnrecordableResult"
+        await d.crash()
+    assert effects == ["posted"] and d.executed == [("post", 1)]
+    assert not of(d, h.RunCompleted) and len(of(d, h.RunBlocked)) == 1
+
+
+async def test_a_handler_that_catches_base_exception_cannot_run_past_a_divergence() -> None:
+    async def old(ctx: Context) -> str:
+        await step.do("a", lambda: 1)
+        await step.sleep("nap", "1h")
+        return "old"
+
+    d = Driver(job_of(old))
+    assert isinstance(await d.advance(), Park)
+
+    async def swallows(ctx: Context) -> str:
+        try:
+            await step.do("b", lambda: 2)  # the history records 'a' here
+        except BaseException:
+            return "swallowed"
+        return "new"
+
+    await fix(d, swallows)
+    blocked = await d.advance()
+    assert isinstance(blocked, Blocked) and blocked.error.type == "NonDeterminismError"
+    assert "'b'" in blocked.error.message and not of(d, h.RunCompleted)
+
+
+async def test_fixed_code_that_renames_a_held_step_does_not_run_it_without_a_resume() -> None:
+    effects: list[str] = []
+
+    def post() -> Response:
+        effects.append("posted")
+        return Response({"id": 7})
+
+    async def buggy(ctx: Context) -> int:
+        await step.do("quote", lambda: 1)
+        response = await step.do("post", post)
+        return int(response["id"])  # type: ignore[index]
+
+    d = Driver(job_of(buggy))
+    assert isinstance(await d.advance(), Blocked)
+
+    async def renamed(ctx: Context) -> int:
+        await step.do("quote", lambda: 1)
+        body = await step.do("post-json", lambda: post().json())  # the fix renamed it
+        return int(body["id"])
+
+    await fix(d, renamed)
+    blocked = await d.advance()
+    assert isinstance(blocked, Blocked) and blocked.step == "post"
+    assert blocked.error.type == "NonDeterminismError" and "'post-json'" in blocked.error.message
+    assert effects == ["posted"]
+
+    d.publish(h.Resume())  # the operator's word: the renamed step may run
+    await d.crash()
+    assert isinstance(await d.advance(), Finished)
+    assert effects == ["posted", "posted"]

@@ -129,6 +129,10 @@ class Recorded:
         at = self.held.get(step)
         return at is not None and self.resumed_at <= at
 
+    def held_at_frontier(self) -> str | None:
+        """A step held with no outcome recorded (so not in ``order``): the next atom."""
+        return next((s for s in self.held if s not in self.steps and self.holds(s)), None)
+
     def fired(self, token: str) -> bool:
         """Whether a timer input for ``token`` is in the inbox (it wakes; time decides)."""
         return token in self.timers

@@ -115,6 +115,9 @@ class Replay:
         self._reply: asyncio.Future[Any] | None = None
         self._deadline: float | None = None
         self._blocked: Blocked | None = None
+        # The engine's unwinding of the handler (a divergence, a held step), kept so that
+        # handler code that catches it (a bare ``except:``) cannot run on past it.
+        self._unwinding: Diverged | Held | None = None
         self.log = structlog.get_logger("jetlane.run").bind(run_id=run_id, job=job.name)
         self.context = Context(self, plugins)
 
@@ -327,22 +330,26 @@ class Replay:
                 output = await handler(self.context, value)
             else:
                 output = await handler(self.context)
-        except Diverged as blocked:
-            self._wake_with(self._block(blocked.step, blocked.message))
-            return
-        except Held as held:
-            self._wake_with(self._block_with(held.info, held.step))
+        except (Diverged, Held) as stop:
+            self._wake_with(self._stopped(stop))
             return
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise  # close(): the driver dropped the handler
+            if self._unwinding is not None:
+                self._wake_with(self._stopped(self._unwinding))
+                return
             exc = asyncio.CancelledError("the handler raised CancelledError")
             self._wake_with(self._finish(h.RunFailed(error=error_info(exc))))
             return
         except BaseException as exc:
             # Exception, and also SystemExit/KeyboardInterrupt raised by handler code:
             # the run must get a decision, or its session would wait forever.
+            if self._unwinding is not None:
+                # The handler caught the engine's unwinding and raised something else.
+                self._wake_with(self._stopped(self._unwinding))
+                return
             if self._atoms < len(self.recorded.order):
                 # Deterministic code cannot raise where it once went on: the code changed.
                 self._wake_with(self._diverged(f"raised {type(exc).__name__}: {exc}"))
@@ -352,6 +359,11 @@ class Replay:
                 return
             # A bug in handler code: the run keeps its place and waits for a fix.
             self._wake_with(self._block_on_error(exc))
+            return
+        if self._unwinding is not None:
+            # The handler swallowed the engine's unwinding (``except BaseException``) and
+            # returned: the run stops where it was stopped, not past it.
+            self._wake_with(self._stopped(self._unwinding))
             return
         if self._atoms < len(self.recorded.order):
             self._wake_with(self._diverged("returned"))
@@ -397,6 +409,17 @@ class Replay:
     def _cancel_now(self, seq: int, cancel: h.Cancel) -> Finished:
         self.close()
         return self._finish(cancelled_entry(seq, cancel))
+
+    def _stopped(self, stop: Diverged | Held) -> Blocked:
+        if isinstance(stop, Held):
+            return self._block_with(stop.info, stop.step)
+        return self._block(stop.step, stop.message)
+
+    def _unwind(self, stop: Diverged | Held) -> Diverged | Held:
+        """``stop``, remembered: raise what this returns to unwind the handler."""
+        if self._unwinding is None:
+            self._unwinding = stop
+        return self._unwinding
 
     def _diverged(self, what: str) -> Blocked:
         """The handler ended (``what``) before the steps the history records."""
@@ -462,6 +485,8 @@ class Replay:
 
     def enter(self, name: str, atom: str) -> str:
         """The step id of the next atom; blocks the run when it diverges from history."""
+        if self._unwinding is not None:
+            raise self._unwinding  # the handler caught it and went on: no further atom
         if not isinstance(name, str) or not name or "#" in name or len(name) > 256:
             raise ConfigError(f"step name {name!r} is invalid: 1-256 characters, no '#'")
         count = self._occurrences.get(name, 0) + 1
@@ -473,12 +498,30 @@ class Replay:
             recorded = self.recorded.order[index]
             rec_atom = self.recorded.steps[recorded].atom
             if (recorded, rec_atom) != (step, atom):
-                raise Diverged(
-                    step,
-                    f"step #{index + 1} is recorded as {ATOM_CALL[rec_atom]}"
-                    f"({base_name(recorded)!r}) (step id {recorded!r}), but the code now calls "
-                    f"{ATOM_CALL[atom]}({name!r}) (step id {step!r})" + ADVICE,
+                raise self._unwind(
+                    Diverged(
+                        step,
+                        f"step #{index + 1} is recorded as {ATOM_CALL[rec_atom]}"
+                        f"({base_name(recorded)!r}) (step id {recorded!r}), but the code now calls "
+                        f"{ATOM_CALL[atom]}({name!r}) (step id {step!r})" + ADVICE,
+                    )
                 )
+        elif (held := self.recorded.held_at_frontier()) is not None and (held, "do") != (
+            step,
+            atom,
+        ):
+            # A held step has no outcome recorded, so positions alone would let code
+            # that renamed it run its effect again with no resume.
+            raise self._unwind(
+                Diverged(
+                    held,
+                    f"step #{index + 1} is step.do({base_name(held)!r}) (step id {held!r}), "
+                    "held because its result could not be recorded (its effect happened), but "
+                    f"the code now calls {ATOM_CALL[atom]}({name!r}) (step id {step!r}) there. "
+                    "Keep the held step's name, or resume the run (jetlane resume RUN_ID) to "
+                    "let the code go on without it",
+                )
+            )
         self.current_step = step
         return step
 
@@ -508,10 +551,12 @@ class Replay:
             step = self.current_step or (
                 self.recorded.order[0] if self.recorded.order else "(start)"
             )
-            raise Diverged(
-                step,
-                f"recorded value #{index + 1} is {recorded!r}, which {call} did not make; "
-                "ctx.now()/uuid()/random() are matched by call order" + ADVICE,
+            raise self._unwind(
+                Diverged(
+                    step,
+                    f"recorded value #{index + 1} is {recorded!r}, which {call} did not make; "
+                    "ctx.now()/uuid()/random() are matched by call order" + ADVICE,
+                )
             ) from None
 
     def now(self) -> datetime:
@@ -546,7 +591,7 @@ class Replay:
             if self.recorded.holds(step):
                 # Its effect happened and its result was not recordable: run it again
                 # only when an operator says so (a resume), never on a mere replay.
-                raise Held(step, self._unrecordable(step, None))
+                raise self._unwind(Held(step, self._unrecordable(step, None)))
             # Values the handler took (ctx.uuid() for an idempotency key, ...) are
             # durable before a step that may have been handed them starts.
             self._record_values()
@@ -554,7 +599,7 @@ class Replay:
             self._record(step, attempt, outcome, policy)
             await self._request(Checkpoint())
             if self.recorded.holds(step):
-                raise Held(step, self._blocked_info(step))
+                raise self._unwind(Held(step, self._blocked_info(step)))
 
     def _unrecordable(
         self, step: str, result: Any, exc: BaseException | None = None

@@ -276,7 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     pause = sub.add_parser("pause", parents=[conn, out], help="hold a run: no new step starts")
     pause.add_argument("run_id")
     pause.add_argument("--reason", help="why (recorded in the history)")
-    resume = sub.add_parser("resume", parents=[conn, out], help="let a paused run go on")
+    resume = sub.add_parser(
+        "resume", parents=[conn, out], help="let a paused run go on, or a held step run again"
+    )
     resume.add_argument("run_id")
     add_ops_commands(sub, conn, out, _flag, _switch)
     return parser
