@@ -396,3 +396,37 @@ async def test_fixed_code_that_renames_a_held_step_does_not_run_it_without_a_res
     await d.crash()
     assert isinstance(await d.advance(), Finished)
     assert effects == ["posted", "posted"]
+
+
+async def test_an_exception_group_fails_only_when_every_member_is_deliberate() -> None:
+    async def failing(ctx: Context) -> None:
+        await step.do("a", lambda: 1)
+        raise ExceptionGroup("branches", [Failure("one"), NonRetryableError("two")])
+
+    async def buggy(ctx: Context) -> None:
+        await step.do("a", lambda: 1)
+        raise ExceptionGroup("branches", [Failure("one"), KeyError("two")])
+
+    d = Driver(job_of(failing))
+    done = await d.advance()
+    assert isinstance(done, Finished) and isinstance(done.entry, h.RunFailed)
+    d = Driver(job_of(buggy))
+    assert isinstance(await d.advance(), Blocked)
+
+
+async def test_code_that_raises_where_the_history_goes_on_blocks_with_its_traceback() -> None:
+    async def v1(ctx: Context) -> None:
+        await step.do("a", lambda: 1)
+        await step.do("b", lambda: 2)
+        await step.wait_for_event("go", type="go")
+
+    async def v2(ctx: Context) -> None:
+        await step.do("a", lambda: 1)
+        raise KeyError("b")
+
+    d = Driver(job_of(v1))
+    await d.advance()
+    await fix(d, v2)
+    blocked = await d.advance()
+    assert isinstance(blocked, Blocked) and blocked.error.type == "NonDeterminismError"
+    assert any(f.function == "v2" for f in blocked.error.traceback or [])

@@ -167,13 +167,17 @@ def deliberate(exc: BaseException, fail_on: tuple[type[BaseException], ...] = ()
     """Whether ``exc``, raised by handler code outside the atoms, fails the run.
 
     Deliberate: ``Failure`` and ``NonRetryableError``, what the atoms raise and the handler
-    lets through (``StepFailed``, ``EventTimeout``), the job's ``fail_on`` types, and what
-    is not an ``Exception`` at all (``SystemExit``, ``KeyboardInterrupt``). Anything else
+    lets through (``StepFailed``, ``EventTimeout``), the job's ``fail_on`` types, what
+    is not an ``Exception`` at all (``SystemExit``, ``KeyboardInterrupt``), and an
+    exception group (``asyncio.TaskGroup``) all of whose members are deliberate. Anything else
     (``KeyError``, ``TypeError``, a ``ConfigError`` from a bad atom call, ...) is a bug in
     the handler: the run blocks, keeps its place, and resumes when fixed code replays it.
     """
     if not isinstance(exc, Exception):
         return True
+    if isinstance(exc, BaseExceptionGroup):
+        # asyncio.TaskGroup wraps what its tasks raised: deliberate when each of them is
+        return all(deliberate(inner, fail_on) for inner in exc.exceptions)
     return isinstance(exc, (Failure, NonRetryableError, StepError, PayloadTooLarge, *fail_on))
 
 

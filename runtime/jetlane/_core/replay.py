@@ -352,7 +352,8 @@ class Replay:
                 return
             if self._atoms < len(self.recorded.order):
                 # Deterministic code cannot raise where it once went on: the code changed.
-                self._wake_with(self._diverged(f"raised {type(exc).__name__}: {exc}"))
+                raised = f"raised {type(exc).__name__}: {exc}"
+                self._wake_with(self._diverged(raised, error_info(exc).traceback))
                 return
             if deliberate(exc, self.job.fail_on):
                 self._wake_with(self._finish(h.RunFailed(error=error_info(exc))))
@@ -421,18 +422,20 @@ class Replay:
             self._unwinding = stop
         return self._unwinding
 
-    def _diverged(self, what: str) -> Blocked:
-        """The handler ended (``what``) before the steps the history records."""
+    def _diverged(self, what: str, trace: list[h.Frame] | None = None) -> Blocked:
+        """The handler ended (``what``; where: ``trace``) before the steps the history
+        records."""
         step = self.recorded.order[self._atoms]
         return self._block(
             step,
             f"the handler {what}, but the history records "
             f"{ATOM_CALL[self.recorded.steps[step].atom]}({base_name(step)!r}) as step "
             f"#{self._atoms + 1} ({step!r})" + ADVICE,
+            trace,
         )
 
-    def _block(self, step: str, message: str) -> Blocked:
-        info = bounded_error("NonDeterminismError", message)
+    def _block(self, step: str, message: str, trace: list[h.Frame] | None = None) -> Blocked:
+        info = bounded_error("NonDeterminismError", message, trace)
         entry = h.RunBlocked(step=step, error=info)
         # Values read by code that does not match the history must not be
         # replayed into the compatible code that resumes the run.
