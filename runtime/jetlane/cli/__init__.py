@@ -29,8 +29,7 @@ from .._core.errors import ConfigError, InputError, JetlaneError, PayloadTooLarg
 from .._core.status import summarize
 from .._nats.connection import ConnectOptions
 from .._nats.names import Names
-from .._runner import Runner, RunnerConfig
-from .examples import try_start
+from .._runner import RunnerConfig
 from .ops import add_commands as add_ops_commands
 from .ops import cmd_api as _cmd_api
 from .ops import cmd_runs as _cmd_runs
@@ -206,6 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
     )
     _switch(dev, "--sync-always", "JETLANE_SYNC_ALWAYS", "fsync before every acknowledgement")
+    _switch(
+        dev,
+        "--reload",
+        "JETLANE_DEV_RELOAD",
+        "restart the runner with fresh code when a --jobs file changes "
+        "(code that does not load leaves the running runner as it is)",
+    )
     _flag(
         dev,
         "--api-port",
@@ -506,12 +512,14 @@ async def cmd_dev(args: argparse.Namespace) -> int:
 
     config = _runner_config(args)
     configure_logging(args.log_level, json_lines=True if args.log_json else None)
-    loaded = load_jobs(args.jobs)
+    # With --reload the code is imported by the runner child only (see cli/reload.py).
+    loaded = None if args.reload else load_jobs(args.jobs)
 
-    def banner(url: str, runner: Runner) -> None:
-        jobs = ", ".join(sorted(runner.jobs))
+    def banner(url: str, jobs: list[str], hint: str) -> None:
         print(f"jetlane dev: NATS     {url}", flush=True)
-        print(f"jetlane dev: runner   serving {jobs}", flush=True)
+        print(f"jetlane dev: runner   serving {', '.join(jobs)}", flush=True)
+        if args.reload:
+            print(f"jetlane dev: reload   on: watching {args.jobs} for changes", flush=True)
         if args.api_port:
             print(f"jetlane dev: API      http://127.0.0.1:{args.api_port}", flush=True)
         if args.metrics_port:
@@ -519,7 +527,7 @@ async def cmd_dev(args: argparse.Namespace) -> int:
                 f"jetlane dev: metrics  http://{args.metrics_host}:{args.metrics_port}/metrics",
                 flush=True,
             )
-        print(f"jetlane dev: ready. Try: {try_start(runner.jobs, url)}", flush=True)
+        print(f"jetlane dev: ready. Try: {hint}", flush=True)
         print("jetlane dev: Ctrl-C stops everything", flush=True)
 
     await run_dev(args, connect_options, names_of(args), loaded, config, banner)
