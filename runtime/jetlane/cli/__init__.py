@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import os
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -255,6 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     event.add_argument("type", help="event type, as the run's wait_for_event names it")
     event.add_argument("--payload", help="payload as JSON")
     event.add_argument("--event-id", help="idempotency key (dedupes resends for 2 minutes)")
+    event.add_argument(
+        "--force",
+        action="store_true",
+        help="store the event even when the run has ended (it stays in the history; "
+        "nothing acts on it)",
+    )
 
     status = sub.add_parser("status", parents=[conn, out], help="what a run is doing")
     status.add_argument("run_id")
@@ -426,11 +434,21 @@ async def cmd_start(args: argparse.Namespace) -> int:
 async def cmd_event(args: argparse.Namespace) -> int:
     payload = parse_json(args.payload, "--payload") if args.payload is not None else None
     async with open_client(args, long_lived=False) as client:
-        await client.send_event(args.run_id, args.type, payload, event_id=args.event_id)
+        live = await client.send_event(
+            args.run_id, args.type, payload, event_id=args.event_id, force=args.force
+        )
     printer = Printer(json_lines=args.json)
-    printer.say(f"sent event {args.type!r} to run {args.run_id}")
+    if live:
+        printer.say(f"sent event {args.type!r} to run {args.run_id}")
+    else:
+        printer.say(
+            f"stored event {args.type!r} for run {args.run_id}, which has ended: "
+            "it is in the history, after the end; nothing acts on it"
+        )
     if args.json:
-        printer.emit({"run_id": args.run_id, "type": args.type, "sent": True})
+        printer.emit(
+            {"run_id": args.run_id, "type": args.type, "sent": True, "after_end": not live}
+        )
     return EXIT_OK
 
 
@@ -545,7 +563,7 @@ async def cmd_runs(args: argparse.Namespace) -> int:
 
 async def cmd_pause(args: argparse.Namespace) -> int:
     async with open_client(args, long_lived=False) as client:
-        sent = await client.pause(args.run_id, reason=args.reason)
+        sent = await client.pause(args.run_id, reason=args.reason, by=_who())
     return _control_done(args, "paused" if sent else "already ended")
 
 
@@ -553,6 +571,15 @@ async def cmd_resume(args: argparse.Namespace) -> int:
     async with open_client(args, long_lived=False) as client:
         sent = await client.resume(args.run_id)
     return _control_done(args, "resumed" if sent else "already ended")
+
+
+def _who() -> str:
+    """user@host of this process, for the pause entry (what a person reads back)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
 
 
 def _control_done(args: argparse.Namespace, outcome: str) -> int:

@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from .._client import Client
+from .._core.status import STATUS_FILTERS, check_status_filter
 
 OpenClient = Callable[..., AbstractAsyncContextManager[Client]]
 
@@ -44,7 +45,10 @@ def add_commands(
     actions = runs.add_subparsers(dest="runs_command", required=True, metavar="ACTION")
     listing = actions.add_parser("list", parents=[conn, out], help="runs, newest first")
     listing.add_argument("--job", help="only runs of this job")
-    listing.add_argument("--status", help="only runs in this status")
+    listing.add_argument(
+        "--status",
+        help=f"only runs in this status, or paused ones: {', '.join(STATUS_FILTERS)}",
+    )
     listing.add_argument("--limit", type=int, default=50, help="page size (default 50)")
     listing.add_argument("--cursor", help="the cursor a previous page printed")
     actions.add_parser(
@@ -81,6 +85,8 @@ async def cmd_api(args: argparse.Namespace, open_client: OpenClient) -> int:
 
 
 async def cmd_runs(args: argparse.Namespace, open_client: OpenClient, json_lines: bool) -> int:
+    if getattr(args, "status", None) is not None:
+        check_status_filter(args.status)  # a usage error (exit 2) before any connection
     async with open_client(args, long_lived=False) as client:
         if args.runs_command == "rebuild-index":
             count = await client.rebuild_index()
@@ -104,12 +110,18 @@ async def cmd_runs(args: argparse.Namespace, open_client: OpenClient, json_lines
     return 0
 
 
+def _paused(run: Any) -> str:
+    if not run.paused or run.done:
+        return "-"
+    return f"yes (by {run.paused_by})" if run.paused_by else "yes"
+
+
 def _lines(runs: list[Any], json_lines: bool) -> list[str]:
     if json_lines:
         return [msgspec.json.encode(r).decode() for r in runs]
-    rows = [("RUN", "JOB", "STATUS", "STEP", "CREATED")]
-    rows += [(r.run_id, r.job, r.status, r.step or "-", r.created_at) for r in runs]
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    rows = [("RUN", "JOB", "STATUS", "PAUSED", "STEP", "CREATED")]
+    rows += [(r.run_id, r.job, r.status, _paused(r), r.step or "-", r.created_at) for r in runs]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return [
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
         for row in rows
