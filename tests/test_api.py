@@ -215,7 +215,8 @@ async def test_events_cancel_and_unknown_runs(
 
     event = {"run_id": "a1", "type": "approve", "payload": {"by": "ops"}, "event_id": "e-1"}
     response = await http.post("/runs/events", json=event)
-    assert response.status_code == 202 and response.json() == {"run_id": "a1", "type": "approve"}
+    accepted = {"run_id": "a1", "type": "approve", "after_end": False}
+    assert response.status_code == 202 and response.json() == accepted
     assert await client.result("a1", timeout=10) == {"by": "ops"}
 
     response = await http.post("/runs/a2/pause", json={"reason": "freeze"})
@@ -258,6 +259,49 @@ async def test_events_cancel_and_unknown_runs(
         assert response.status_code == 422, (bad, response.text)
     response = await http.get("/runs/bad.id")
     assert response.status_code == 422 and error(response)["field"] == "id"
+
+
+async def test_ended_runs_refuse_events_unless_forced_and_pauses_say_who(
+    api: Api, client: Client, start_runner: StartRunner
+) -> None:
+    await start_runner([APPROVAL])
+    http = await api()
+    for run_id in ("e1", "e2"):
+        assert (await http.post("/runs", json={"job": "api-approval", "id": run_id})).status_code
+    await eventually(lambda: _has_status(http, "e1", "waiting"), what="e1 to wait")
+    await eventually(lambda: _has_status(http, "e2", "waiting"), what="e2 to wait")
+    assert (await http.post("/runs/events", json={"run_id": "e1", "type": "approve"})).is_success
+    assert await client.result("e1", timeout=10) is None
+
+    late = {"run_id": "e1", "type": "approve", "payload": "late"}
+    response = await http.post("/runs/events", json=late)
+    assert response.status_code == 409 and error(response)["type"] == "RunEnded"
+    assert "has already ended (completed)" in error(response)["message"]
+    kinds = [m["kind"] for m in (await http.get("/runs/e1/history")).json()]
+    assert kinds[-1] == "run_completed"  # refused: nothing stored
+    response = await http.post("/runs/events", json={**late, "force": True})
+    assert response.status_code == 202 and response.json()["after_end"] is True
+    history = (await http.get("/runs/e1/history")).json()
+    assert [m["kind"] for m in history[-2:]] == ["run_completed", "event"]
+    assert history[-1]["body"]["payload"] == "late"
+    status = await status_of(http, "e1")
+    assert status["status"] == "completed" and status["events_after_end"] == 1
+
+    response = await http.post("/runs/e2/pause", json={"reason": "freeze", "by": "ada"})
+    assert response.status_code == 202
+    status = await status_of(http, "e2")
+    assert status["paused"] and status["paused_by"] == "ada"
+    assert status["paused_reason"] == "freeze" and status["paused_at"]
+
+    async def listed_paused() -> bool:
+        page = (await http.get("/runs", params={"status": "paused"})).json()
+        return [r["run_id"] for r in page["runs"]] == ["e2"]
+
+    await eventually(listed_paused, what="the paused run in the index")
+    response = await http.get("/runs", params={"status": "sleepy"})
+    assert response.status_code == 422 and error(response)["field"] == "status"
+    assert "did you mean 'sleeping'" in error(response)["message"]
+    assert "paused" in error(response)["message"]
 
 
 async def _has_status(http: httpx.AsyncClient, run_id: str, status: str) -> bool:

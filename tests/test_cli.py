@@ -413,3 +413,77 @@ def _cmdline(proc: Path) -> str:
         return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+async def test_an_ended_run_refuses_events_unless_forced(conn: list[str], served: None) -> None:
+    assert (
+        await jetlane("start", "approval", "--input", '{"change": "x"}', "--id", "x1", *conn)
+    ).code == 0
+    await _wait_status(conn, "x1", "waiting")
+    assert (
+        await jetlane("event", "x1", "approval", "--payload", '{"approved": true}', *conn)
+    ).code == 0
+    await _wait_status(conn, "x1", "completed")
+
+    refused = await jetlane("event", "x1", "approval", *conn)
+    assert refused.code == 1, refused
+    assert refused.err.count("\n") == 1 and "has already ended (completed)" in refused.err
+    kinds = [m["kind"] for m in (await jetlane("history", "x1", "--json", *conn)).json_lines()]
+    assert kinds[-1] == "run_completed"
+
+    forced = await jetlane(
+        "event", "x1", "approval", "--force", *conn, env={"JETLANE_OUTPUT": "text"}
+    )
+    assert forced.code == 0, forced.err
+    assert "stored event 'approval' for run x1, which has ended" in forced.out
+    kinds = [m["kind"] for m in (await jetlane("history", "x1", "--json", *conn)).json_lines()]
+    assert kinds[-2:] == ["run_completed", "event"]
+    text = await jetlane("history", "x1", *conn, env={"JETLANE_OUTPUT": "text"})
+    assert "after the end: nothing acts on it" in text.out.splitlines()[-1]
+    status = await jetlane("status", "x1", *conn, env={"JETLANE_OUTPUT": "text"})
+    assert "1 event stored after the end" in status.out
+
+
+async def test_paused_runs_say_so_and_due_times_are_not_pending(
+    conn: list[str], served: None
+) -> None:
+    approve = '{"change": "p", "timeout": "1s"}'
+    assert (await jetlane("start", "approval", "--input", approve, "--id", "p1", *conn)).code == 0
+    await _wait_status(conn, "p1", "waiting")
+    paused = await jetlane("pause", "p1", "--reason", "change freeze", *conn)
+    assert paused.code == 0, paused.err
+
+    text = {"JETLANE_OUTPUT": "text"}
+    status = await jetlane("status", "p1", *conn, env=text)
+    first = status.out.splitlines()[0]
+    assert "waiting, paused at step approval" in first, first
+    assert "; paused by " in first and "@" in first and ": change freeze" in first, first
+
+    # The 1 s timeout passes while paused: the status says it is due, not "until".
+    deadline = asyncio.get_running_loop().time() + 15
+    while "due since" not in (line := (await jetlane("status", "p1", *conn, env=text)).out):
+        assert asyncio.get_running_loop().time() < deadline, line
+        await asyncio.sleep(0.1)
+    assert "timeout due since" in line and "(acts when resumed)" in line and " until " not in line
+    assert "it acts when the run is resumed" in line  # the detail row (JSON has it too)
+
+    async def listed() -> Result:
+        deadline = asyncio.get_running_loop().time() + 15
+        while True:
+            result = await jetlane("runs", "list", "--status", "paused", *conn, env=text)
+            if "p1" in result.out:
+                return result
+            assert asyncio.get_running_loop().time() < deadline, result
+            await asyncio.sleep(0.1)
+
+    table = (await listed()).out.splitlines()
+    assert table[0].split() == ["RUN", "JOB", "STATUS", "PAUSED", "STEP", "CREATED"]
+    assert [row.split()[:4] for row in table[1:]] == [["p1", "approval", "waiting", "yes"]]
+
+    typo = await jetlane("runs", "list", "--status", "sleepy", *conn)
+    assert typo.code == 2 and typo.err.count("\n") == 1, typo
+    assert "did you mean 'sleeping'" in typo.err and "queued, running" in typo.err
+
+    assert (await jetlane("resume", "p1", *conn)).code == 0
+    done = await _wait_status(conn, "p1", "completed")
+    assert done["output"]["status"] == "timed_out" and not done["paused"]

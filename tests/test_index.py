@@ -65,6 +65,21 @@ async def test_list_filters_pages_and_rebuild_matches(
     assert rebuilt == live
 
 
+async def test_parked_runs_are_indexed_with_no_run_cache(
+    client: Client, start_runner: StartRunner
+) -> None:
+    # cache_size=0 is `jetlane dev` and `runner --replay-always`: a parked run is evicted
+    # at once, and its index record must still be written.
+    await start_runner([JOB], cache_size=0)
+    await client.start("indexed", 3, run_id="nocache")
+
+    async def indexed() -> bool:
+        runs, _ = await client.list_runs(limit=10)
+        return [(r.run_id, r.status) for r in runs] == [("nocache", "sleeping")]
+
+    await eventually(indexed, timeout=20, what="the parked run in the index")
+
+
 async def test_bad_cursor_is_a_clear_error(client: Client) -> None:
     with pytest.raises(ValueError, match="cursor"):
         await client.list_runs(cursor="not-base64!")

@@ -76,3 +76,17 @@ async def test_long_history_reads_in_batches(log: Log) -> None:
     assert [m.body.payload for m in history] == list(range(total))
     tail = await log.read("long", after=history[-5].seq)
     assert [m.body.payload for m in tail] == list(range(total - 4, total))
+
+
+async def test_an_input_fenced_on_the_journal_is_refused_once_an_entry_lands(log: Log) -> None:
+    # What makes refusing events for ended runs exact: the client reads the journal's
+    # last entry, and the event is stored only if no entry landed after it.
+    start = await log.publish_input("jf", h.Start(job="j"), create_once=True)
+    assert await log.last_entry("jf") is None
+    entry = await log.append("jf", h.ValuesRecorded(values=[1]), start.seq)
+    last = await log.last_entry("jf")
+    assert last is not None and last.seq == entry and isinstance(last.body, h.ValuesRecorded)
+    with pytest.raises(FenceLost):
+        await log.publish_input("jf", h.Event(type="t"), journal_at=start.seq)
+    stored = await log.publish_input("jf", h.Event(type="t"), journal_at=entry)
+    assert [m.seq for m in await log.read("jf")] == [start.seq, entry, stored.seq]

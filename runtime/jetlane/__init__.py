@@ -25,6 +25,7 @@ from ._core.errors import NonRetryableError as NonRetryableError
 from ._core.errors import OrchestratorOnly as OrchestratorOnly
 from ._core.errors import PayloadTooLarge as PayloadTooLarge
 from ._core.errors import RunAlreadyExists as RunAlreadyExists
+from ._core.errors import RunEnded as RunEnded
 from ._core.errors import RunFailedError as RunFailedError
 from ._core.errors import RunNotFound as RunNotFound
 from ._core.errors import StepError as StepError
@@ -63,6 +64,7 @@ __all__ = [
     "Plugins",
     "RetryPolicy",
     "RunAlreadyExists",
+    "RunEnded",
     "RunFailedError",
     "RunHandle",
     "RunNotFound",

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -16,18 +17,22 @@ from ._core.definition import get_job
 from ._core.errors import (
     ConfigError,
     InputError,
+    JetlaneError,
     NoResponders,
     PayloadTooLarge,
     RunAlreadyExists,
+    RunEnded,
     RunFailedError,
     RunNotFound,
 )
 from ._core.replay import DEFAULT_MAX_PAYLOAD
-from ._core.status import RunStatus, summarize
+from ._core.status import RunStatus, check_status_filter, summarize
 from ._index import RunIndex
 from ._nats.connection import ConnectOptions
 from ._nats.log import FenceLost, Log
 from ._nats.names import Names
+
+_ENDED = {h.RunCompleted: "completed", h.RunFailed: "failed", h.RunCancelled: "cancelled"}
 
 
 @dataclass(frozen=True)
@@ -43,8 +48,8 @@ class RunHandle:
     async def status(self) -> RunStatus:
         return await self.client.status(self.id)
 
-    async def send_event(self, type: str, payload: Any = None) -> None:
-        await self.client.send_event(self.id, type, payload)
+    async def send_event(self, type: str, payload: Any = None, *, force: bool = False) -> bool:
+        return await self.client.send_event(self.id, type, payload, force=force)
 
     async def cancel(self, reason: str | None = None) -> bool:
         return await self.client.cancel(self.id, reason)
@@ -124,11 +129,23 @@ class Client:
             )
 
     async def send_event(
-        self, run_id: str, type: str, payload: Any = None, *, event_id: str | None = None
-    ) -> None:
-        """Send an event to a run (``RunNotFound`` when it does not exist).
+        self,
+        run_id: str,
+        type: str,
+        payload: Any = None,
+        *,
+        event_id: str | None = None,
+        force: bool = False,
+    ) -> bool:
+        """Send an event to a run (``RunNotFound`` when it does not exist); True when
+        the run had not ended.
 
-        ``event_id`` makes the send idempotent within the stream's 2-minute
+        An event for a run that has ended raises ``RunEnded``, and nothing is
+        stored. The check is exact: the event is stored fenced on the journal's
+        last entry as read, so a run that ends between the check and the store
+        refuses it too. ``force=True`` stores it anyway (and returns False when the
+        run had ended): it stays in the history, after the end, and nothing acts on
+        it. ``event_id`` makes the send idempotent within the stream's 2-minute
         duplicate window.
         """
         h.check_run_id(run_id)
@@ -138,19 +155,36 @@ class Client:
             raise ConfigError("event_id must be 1-128 of A-Z a-z 0-9 _ . : -")
         body = h.Event(type=type, payload=payload)
         self._check_size("event payload", body)
-        if not await self.log.exists(run_id):
-            raise RunNotFound(run_id)
         msg_id = f"event:{run_id}:{event_id}" if event_id is not None else None
-        await self.log.publish_input(run_id, body, msg_id=msg_id)
+        for _ in range(100):
+            last = await self.log.last_entry(run_id)
+            if last is None and not await self.log.exists(run_id):
+                raise RunNotFound(run_id)
+            ended = last is not None and isinstance(last.body, h.TERMINAL)
+            if ended and not force:
+                assert last is not None
+                raise RunEnded(run_id, _ENDED.get(last.body.__class__, "ended"))
+            try:
+                await self.log.publish_input(
+                    run_id,
+                    body,
+                    msg_id=msg_id,
+                    journal_at=None if force else (last.seq if last is not None else 0),
+                )
+            except FenceLost:
+                continue  # an entry came in between: look again (it may be the end)
+            return not ended
+        raise JetlaneError(f"run {run_id!r} kept appending under 100 event sends in a row")
 
     async def cancel(self, run_id: str, reason: str | None = None) -> bool:
         """Ask a run to stop; False (and nothing sent) when it has already ended."""
         return await self._send_control(run_id, h.Cancel(reason=reason))
 
-    async def pause(self, run_id: str, reason: str | None = None) -> bool:
+    async def pause(self, run_id: str, reason: str | None = None, *, by: str | None = None) -> bool:
         """Hold a run: no new step starts until ``resume`` (events and timers still
-        arrive and are acted on, in stream order, once resumed). False when ended."""
-        return await self._send_control(run_id, h.Pause(reason=reason))
+        arrive and are acted on, in stream order, once resumed). False when ended.
+        ``by`` says who paused it (``jetlane pause`` sends user@host)."""
+        return await self._send_control(run_id, h.Pause(reason=reason, by=by))
 
     async def resume(self, run_id: str) -> bool:
         """Let a paused run go on, and a step held on a result that could not be recorded
@@ -195,6 +229,7 @@ class Client:
         status = summarize(run_id, await self.log.read(run_id))
         if status is None:
             raise RunNotFound(run_id)
+        status.detail = status.explain_due(datetime.now(UTC))
         if status.status == "queued":
             if not await self.served(status.job):
                 status.detail = f"no runner serves job {status.job!r}; the run starts when one does"
@@ -279,8 +314,12 @@ class Client:
         cursor: str | None = None,
         build: str | None = None,
     ) -> tuple[list[RunStatus], str | None]:
-        """Runs from the run index, newest first: one page and the next page's cursor
-        (``build``: only runs pinned to that build)."""
+        """Runs from the run index, newest first: one page and the next page's cursor.
+
+        ``status`` is one of ``STATUS_FILTERS``: a status, or ``paused`` (``ConfigError``
+        otherwise, naming them); ``build``: only runs pinned to that build."""
+        if status is not None:
+            check_status_filter(status)
         return await RunIndex(self.log).list(
             job=job, status=status, limit=limit, cursor=cursor, build=build
         )
@@ -290,15 +329,16 @@ class Client:
         return await RunIndex(self.log).rebuild()
 
     async def history(self, run_id: str, *, follow: bool = False) -> AsyncIterator[h.Message]:
-        """The run's log in order; with ``follow``, keep yielding until the run ends."""
+        """The run's log in order, all of it (an event forced after the end comes after
+        the end); with ``follow``, keep yielding until the run ends."""
         history = await self.log.read(h.check_run_id(run_id))
         if not history:
             raise RunNotFound(run_id)
+        ended = False
         for msg in history:
             yield msg
-            if isinstance(msg.body, h.TERMINAL):
-                return
-        if follow:
+            ended = ended or isinstance(msg.body, h.TERMINAL)
+        if follow and not ended:
             async for msg in self.log.tail(self.log.names.run(run_id), history[-1].seq + 1):
                 yield msg
                 if isinstance(msg.body, h.TERMINAL):

@@ -117,7 +117,10 @@ class RunIndex:
                 continue  # not jetlane's: its subject and its body disagree
             if job is not None and found.job != job:
                 continue
-            if status is not None and found.status != status:
+            if status == "paused":
+                if not found.paused or found.done:
+                    continue
+            elif status is not None and found.status != status:
                 continue
             if build is not None and found.build != build:
                 continue

@@ -627,7 +627,8 @@ class Runner:
         while len(self._cache) > self.config.cache_size:
             _, old = self._cache.popitem(last=False)
             old.close()
-            self._summaries.pop(old.run_id, None)
+            if old is not replay:  # its session's end writes its index record, then evicts
+                self._summaries.pop(old.run_id, None)
 
     def _evict(self, run_id: str) -> None:
         self._summaries.pop(run_id, None)

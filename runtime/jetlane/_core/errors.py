@@ -77,6 +77,18 @@ class RunNotFound(JetlaneError, LookupError):
         self.run_id = run_id
 
 
+class RunEnded(JetlaneError):
+    """An event for a run that has already ended: refused unless forced."""
+
+    def __init__(self, run_id: str, status: str) -> None:
+        super().__init__(
+            f"run {run_id!r} has already ended ({status}); the event was not sent "
+            "(force it to store it anyway: nothing acts on it)"
+        )
+        self.run_id = run_id
+        self.status = status
+
+
 class ConnectError(JetlaneError, ConnectionError):
     """The NATS server cannot be reached or refused the connection."""
 

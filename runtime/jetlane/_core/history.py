@@ -65,6 +65,7 @@ class Pause(_Wire, frozen=True):
     """Hold the run: no step starts until a ``resume`` (inputs still accumulate)."""
 
     reason: str | None = None
+    by: str | None = None  # who paused it, as the sender says (jetlane 0.3)
 
 
 class Resume(_Wire, frozen=True):

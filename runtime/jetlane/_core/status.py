@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any, Literal
 
 import msgspec
 
 from . import history as h
+from .errors import ConfigError
 
 Status = Literal[
     "queued",
@@ -21,6 +24,22 @@ Status = Literal[
     "blocked",
 ]
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+STATUSES: tuple[str, ...] = typing.get_args(Status)
+STATUS_FILTERS: tuple[str, ...] = (*STATUSES, "paused")
+"""What ``runs list --status`` and ``GET /runs?status=`` take: a status, or ``paused``
+(paused runs, whatever their status)."""
+
+
+def check_status_filter(value: str) -> str:
+    """``value`` when it is one of ``STATUS_FILTERS``; ``ConfigError`` naming them otherwise."""
+    if value in STATUS_FILTERS:
+        return value
+    from .definition import did_you_mean
+
+    raise ConfigError(
+        f"status {value!r} is not one of {', '.join(STATUS_FILTERS)}"
+        f"{did_you_mean(value, STATUS_FILTERS)}"
+    )
 
 
 class RunStatus(msgspec.Struct, kw_only=True):
@@ -41,10 +60,34 @@ class RunStatus(msgspec.Struct, kw_only=True):
     detail: str | None = None
     paused: bool = False
     build: str | None = None  # the build the run is pinned to (rolling upgrades)
+    paused_at: str | None = None  # when the pause in force was stored
+    paused_by: str | None = None  # who sent it, as it says (None: not said)
+    paused_reason: str | None = None
+    events_after_end: int = 0  # events stored after the run ended (forced): nothing acts on them
 
     @property
     def done(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+    def due_since(self, now: datetime) -> str | None:
+        """``until`` when that time has passed: the timer or timeout is due, not pending."""
+        if self.until is None or self.done:
+            return None
+        try:
+            until = datetime.fromisoformat(self.until.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return self.until if until <= now else None
+
+    def explain_due(self, now: datetime) -> str | None:
+        """Why a due timer has not acted yet, or None when nothing is due."""
+        due = self.due_since(now)
+        if due is None:
+            return None
+        what = "timeout" if self.status == "waiting" else "timer"
+        if self.paused:
+            return f"{what} due since {due}; it acts when the run is resumed"
+        return f"{what} due since {due}; overdue: no runner has acted on it yet"
 
 
 def summarize(run_id: str, messages: Iterable[h.Message]) -> RunStatus | None:
@@ -68,8 +111,14 @@ def update(state: RunStatus, msg: h.Message) -> None:
     """Advance ``state`` by one more message of the run's history (what ``summarize`` does)."""
     state.updated_at = msg.time or state.updated_at
     state.history_length += 1
-    if isinstance(msg.body, h.Pause | h.Resume):
-        state.paused = isinstance(msg.body, h.Pause)
+    if isinstance(msg.body, h.Pause):
+        state.paused, state.paused_at = True, msg.time or None
+        state.paused_by, state.paused_reason = msg.body.by, msg.body.reason
+    elif isinstance(msg.body, h.Resume):
+        state.paused = False
+        state.paused_at = state.paused_by = state.paused_reason = None
+    elif isinstance(msg.body, h.Event) and state.status in TERMINAL_STATUSES:
+        state.events_after_end += 1
     elif isinstance(msg.body, h.Pin | h.RunStarted):
         state.build = msg.body.build
     if msg.direction == "out" and state.status not in TERMINAL_STATUSES:

@@ -294,15 +294,20 @@ class Log:
         *,
         create_once: bool = False,
         expected: int | None = None,
+        journal_at: int | None = None,
         msg_id: str | None = None,
     ) -> _Ack:
         """Publish an input; ``expected`` fences it on the inbox's last sequence
-        (``create_once`` is ``expected=0``)."""
+        (``create_once`` is ``expected=0``), ``journal_at`` on the journal's: refused
+        (``FenceLost``) when an entry was appended after that sequence."""
         headers = {h.KIND_HEADER: h.kind_of(body), h.VERSION_HEADER: h.VERSION}
         if create_once:
             expected = 0
         if expected is not None:
             headers["Nats-Expected-Last-Subject-Sequence"] = str(expected)
+        elif journal_at is not None:
+            headers["Nats-Expected-Last-Subject-Sequence"] = str(journal_at)
+            headers["Nats-Expected-Last-Subject-Sequence-Subject"] = self.names.journal(run_id)
         if msg_id is not None:
             headers["Nats-Msg-Id"] = msg_id
         return await self._publish(self.names.inbox(run_id), h.encode(body), headers)
@@ -517,6 +522,18 @@ class Log:
         if status not in (None, "404"):
             raise JetlaneError(f"existence check failed: status {status}")
         return status is None
+
+    async def last_entry(self, run_id: str) -> h.Message | None:
+        """The run's last journal entry (one direct get), or None when it has none."""
+        reply = await self._request(
+            self._direct, msgspec.json.encode({"last_by_subj": self.names.journal(run_id)})
+        )
+        status = (reply.headers or {}).get("Status")
+        if status == "404":
+            return None
+        if status is not None:
+            raise JetlaneError(f"journal read failed: status {status}")
+        return self.decode(reply)
 
     async def read(self, run_id: str, after: int = 0) -> list[h.Message]:
         """The run's history after sequence ``after``, in stream order.

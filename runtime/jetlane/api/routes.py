@@ -28,8 +28,8 @@ from starlette.responses import Response, StreamingResponse
 from .._client import Client
 from .._core import history as h
 from .._core.definition import did_you_mean
-from .._core.errors import ConfigError, PayloadTooLarge
-from .._core.status import Status
+from .._core.errors import ConfigError, PayloadTooLarge, RunEnded
+from .._core.status import check_status_filter
 from .errors import ApiError, json_response, logger
 from .schema import (
     CancelAccepted,
@@ -41,6 +41,7 @@ from .schema import (
     HistoryEntry,
     JobInfo,
     JobList,
+    PauseRequest,
     RunPage,
     StartRequest,
     StartResponse,
@@ -48,7 +49,6 @@ from .schema import (
 
 T = TypeVar("T")
 
-STATUSES = frozenset(typing.get_args(Status))
 HEARTBEAT = 15.0  # seconds between SSE comments: proxies keep the stream, dead peers show up
 _encoder = msgspec.json.Encoder()
 
@@ -113,10 +113,16 @@ class Endpoints:
         req = await self._body(request, EventRequest)
         _checked(h.check_run_id, req.run_id, "run_id")
         try:
-            await self.client.send_event(req.run_id, req.type, req.payload, event_id=req.event_id)
+            live = await self.client.send_event(
+                req.run_id, req.type, req.payload, event_id=req.event_id, force=req.force
+            )
         except PayloadTooLarge as exc:
             raise ApiError(413, "PayloadTooLarge", str(exc), "payload") from None
-        return json_response(EventAccepted(run_id=req.run_id, type=req.type), 202)
+        except RunEnded as exc:
+            raise ApiError(409, "RunEnded", str(exc)) from None
+        return json_response(
+            EventAccepted(run_id=req.run_id, type=req.type, after_end=not live), 202
+        )
 
     async def status(self, request: Request) -> Response:
         """GET /runs/{id}."""
@@ -133,8 +139,8 @@ class Endpoints:
     async def pause(self, request: Request) -> Response:
         """POST /runs/{id}/pause."""
         run_id = self._run_id(request)
-        req = await self._body(request, CancelRequest, optional=True)
-        if not await self.client.pause(run_id, req.reason):
+        req = await self._body(request, PauseRequest, optional=True)
+        if not await self.client.pause(run_id, req.reason, by=req.by or "api"):
             raise ApiError(409, "RunEnded", f"run {run_id!r} has already ended")
         return json_response(ControlAccepted(run_id=run_id, paused=True), 202)
 
@@ -152,10 +158,8 @@ class Endpoints:
         if job is not None:
             _checked(h.check_job_name, job, "job")
         status = q.get("status") or None
-        if status is not None and status not in STATUSES:
-            raise ApiError(
-                422, "ConfigError", f"status must be one of {sorted(STATUSES)}", "status"
-            )
+        if status is not None:
+            _checked(check_status_filter, status, "status")
         raw_limit = q.get("limit") or "50"
         if not (raw_limit.isascii() and raw_limit.isdigit() and 1 <= int(raw_limit) <= 1000):
             raise ApiError(422, "ConfigError", "limit must be an integer from 1 to 1000", "limit")

@@ -8,12 +8,11 @@ misspelt ``id`` would otherwise start a run under a random one).
 
 from __future__ import annotations
 
-import typing
 from typing import Annotated, Any, Final
 
 import msgspec
 
-from .._core.status import RunStatus, Status
+from .._core.status import STATUS_FILTERS, RunStatus, Status
 
 # ECMA-262 patterns (what JSON Schema speaks); the client's fullmatch checks stay the backstop.
 RUN_ID_PATTERN: Final = "^[A-Za-z0-9_-]{1,128}$"
@@ -50,15 +49,22 @@ class EventRequest(_Body):
     type: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
     payload: Any = None
     event_id: Annotated[str, msgspec.Meta(pattern=EVENT_ID_PATTERN)] | None = None
+    force: bool = False  # store it even when the run has ended (else 409 RunEnded)
 
 
 class EventAccepted(msgspec.Struct, kw_only=True):
     run_id: str
     type: str
+    after_end: bool = False  # forced for a run that had ended: stored, nothing acts on it
 
 
 class CancelRequest(_Body):
     reason: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
+
+
+class PauseRequest(_Body):
+    reason: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
+    by: Annotated[str, msgspec.Meta(max_length=256)] | None = None  # who pauses (default "api")
 
 
 class CancelAccepted(msgspec.Struct, kw_only=True):
@@ -122,6 +128,7 @@ _MODELS: Final = (
     EventRequest,
     EventAccepted,
     CancelRequest,
+    PauseRequest,
     CancelAccepted,
     RunStatus,
     RunPage,
@@ -203,7 +210,8 @@ def openapi(*, secured: bool, version: str) -> dict[str, Any]:
                     {
                         "name": "status",
                         "in": "query",
-                        "schema": {"type": "string", "enum": sorted(typing.get_args(Status))},
+                        "schema": {"type": "string", "enum": list(STATUS_FILTERS)},
+                        "description": "a status, or paused (paused runs, whatever their status)",
                     },
                     {
                         "name": "limit",
@@ -219,10 +227,12 @@ def openapi(*, secured: bool, version: str) -> dict[str, Any]:
                 "Send an event to a run",
                 {
                     "202": _json(EventAccepted, "the event is in the run's mailbox"),
-                    **_errors(400, 404, 413, 422, 503),
+                    **_errors(400, 404, 409, 413, 422, 503),
                 },
                 secured=s,
                 requestBody=_body(EventRequest),
+                description="409 RunEnded: the run has ended and nothing was stored; with "
+                '"force": true the event is stored anyway, after the end, and nothing acts on it.',
             )
         },
         "/runs/{id}": {
@@ -283,7 +293,7 @@ def openapi(*, secured: bool, version: str) -> dict[str, Any]:
                 },
                 secured=s,
                 parameters=[_ID_PARAM],
-                requestBody=_body(CancelRequest, required=False),
+                requestBody=_body(PauseRequest, required=False),
                 description="No new step starts until a resume; 409: the run has ended.",
             )
         },

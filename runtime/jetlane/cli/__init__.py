@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import os
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -29,8 +31,7 @@ from .._core.errors import ConfigError, InputError, JetlaneError, PayloadTooLarg
 from .._core.status import summarize
 from .._nats.connection import ConnectOptions
 from .._nats.names import Names
-from .._runner import Runner, RunnerConfig
-from .examples import try_start
+from .._runner import RunnerConfig
 from .ops import add_commands as add_ops_commands
 from .ops import cmd_api as _cmd_api
 from .ops import cmd_runs as _cmd_runs
@@ -218,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
     )
     _switch(dev, "--sync-always", "JETLANE_SYNC_ALWAYS", "fsync before every acknowledgement")
+    _switch(
+        dev,
+        "--reload",
+        "JETLANE_DEV_RELOAD",
+        "restart the runner with fresh code when a --jobs file changes "
+        "(code that does not load leaves the running runner as it is)",
+    )
     _flag(
         dev,
         "--api-port",
@@ -261,6 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     event.add_argument("type", help="event type, as the run's wait_for_event names it")
     event.add_argument("--payload", help="payload as JSON")
     event.add_argument("--event-id", help="idempotency key (dedupes resends for 2 minutes)")
+    event.add_argument(
+        "--force",
+        action="store_true",
+        help="store the event even when the run has ended (it stays in the history; "
+        "nothing acts on it)",
+    )
 
     status = sub.add_parser("status", parents=[conn, out], help="what a run is doing")
     status.add_argument("run_id")
@@ -434,11 +448,21 @@ async def cmd_start(args: argparse.Namespace) -> int:
 async def cmd_event(args: argparse.Namespace) -> int:
     payload = parse_json(args.payload, "--payload") if args.payload is not None else None
     async with open_client(args, long_lived=False) as client:
-        await client.send_event(args.run_id, args.type, payload, event_id=args.event_id)
+        live = await client.send_event(
+            args.run_id, args.type, payload, event_id=args.event_id, force=args.force
+        )
     printer = Printer(json_lines=args.json)
-    printer.say(f"sent event {args.type!r} to run {args.run_id}")
+    if live:
+        printer.say(f"sent event {args.type!r} to run {args.run_id}")
+    else:
+        printer.say(
+            f"stored event {args.type!r} for run {args.run_id}, which has ended: "
+            "it is in the history, after the end; nothing acts on it"
+        )
     if args.json:
-        printer.emit({"run_id": args.run_id, "type": args.type, "sent": True})
+        printer.emit(
+            {"run_id": args.run_id, "type": args.type, "sent": True, "after_end": not live}
+        )
     return EXIT_OK
 
 
@@ -522,12 +546,14 @@ async def cmd_dev(args: argparse.Namespace) -> int:
 
     config = _runner_config(args)
     configure_logging(args.log_level, json_lines=True if args.log_json else None)
-    loaded = load_jobs(args.jobs)
+    # With --reload the code is imported by the runner child only (see cli/reload.py).
+    loaded = None if args.reload else load_jobs(args.jobs)
 
-    def banner(url: str, runner: Runner) -> None:
-        jobs = ", ".join(sorted(runner.jobs))
+    def banner(url: str, jobs: list[str], hint: str) -> None:
         print(f"jetlane dev: NATS     {url}", flush=True)
-        print(f"jetlane dev: runner   serving {jobs}", flush=True)
+        print(f"jetlane dev: runner   serving {', '.join(jobs)}", flush=True)
+        if args.reload:
+            print(f"jetlane dev: reload   on: watching {args.jobs} for changes", flush=True)
         if args.api_port:
             print(f"jetlane dev: API      http://127.0.0.1:{args.api_port}", flush=True)
         if args.metrics_port:
@@ -535,7 +561,7 @@ async def cmd_dev(args: argparse.Namespace) -> int:
                 f"jetlane dev: metrics  http://{args.metrics_host}:{args.metrics_port}/metrics",
                 flush=True,
             )
-        print(f"jetlane dev: ready. Try: {try_start(runner.jobs, url)}", flush=True)
+        print(f"jetlane dev: ready. Try: {hint}", flush=True)
         print("jetlane dev: Ctrl-C stops everything", flush=True)
 
     await run_dev(args, connect_options, names_of(args), loaded, config, banner)
@@ -553,7 +579,7 @@ async def cmd_runs(args: argparse.Namespace) -> int:
 
 async def cmd_pause(args: argparse.Namespace) -> int:
     async with open_client(args, long_lived=False) as client:
-        sent = await client.pause(args.run_id, reason=args.reason)
+        sent = await client.pause(args.run_id, reason=args.reason, by=_who())
     return _control_done(args, "paused" if sent else "already ended")
 
 
@@ -561,6 +587,15 @@ async def cmd_resume(args: argparse.Namespace) -> int:
     async with open_client(args, long_lived=False) as client:
         sent = await client.resume(args.run_id)
     return _control_done(args, "resumed" if sent else "already ended")
+
+
+def _who() -> str:
+    """user@host of this process, for the pause entry (what a person reads back)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
 
 
 def _control_done(args: argparse.Namespace, outcome: str) -> int:

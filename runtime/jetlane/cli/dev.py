@@ -7,16 +7,20 @@ us); we stop it ourselves on the way out, after the runner has drained.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import socket
 from collections.abc import Callable
 from pathlib import Path
 
 from .._core.errors import ConfigError
 from .._nats.connection import ConnectOptions
+from .._nats.log import Log
 from .._nats.names import Names
-from .._runner import Runner, RunnerConfig
+from .._runner import RunnerConfig
 from ..embedded import EmbeddedNats
-from .serve import Loaded, serve
+from .examples import try_start
+from .reload import Supervisor, child_env
+from .serve import Loaded, api_beside, probe, serve
 
 
 def _check_port(port: int) -> None:
@@ -34,10 +38,12 @@ async def run_dev(
     args: argparse.Namespace,
     options_for: Callable[[argparse.Namespace, str | None], ConnectOptions],
     names: Names,
-    loaded: Loaded,
+    loaded: Loaded | None,
     config: RunnerConfig,
-    banner: Callable[[str, Runner], None],
+    banner: Callable[[str, list[str], str], None],
 ) -> None:
+    """Serve ``loaded`` with a runner in this process, or (``loaded`` None: ``--reload``)
+    a runner child that is restarted on every change of the ``--jobs`` files."""
     server: EmbeddedNats | None = None
     url = args.nats
     if url is None:
@@ -49,16 +55,43 @@ async def run_dev(
         url = server.url
         print(f"jetlane dev: data     {data}/ (server log {server.log_file})", flush=True)
     try:
-        await serve(
-            options_for(args, url),
-            names,
-            loaded,
-            config,
-            on_ready=lambda r: banner(url, r),
-            replicas=args.replicas,
-            metrics=(args.metrics_host, args.metrics_port),
-            api=("127.0.0.1", args.api_port),
-        )
+        if loaded is None:
+            await _supervise(args, options_for(args, url), names, config, banner, url)
+        else:
+            await serve(
+                options_for(args, url),
+                names,
+                loaded,
+                config,
+                on_ready=lambda r: banner(url, sorted(r.jobs), try_start(r.jobs, url)),
+                replicas=args.replicas,
+                metrics=(args.metrics_host, args.metrics_port),
+                api=("127.0.0.1", args.api_port),
+            )
     finally:
         if server is not None:
             server.stop()
+
+
+async def _supervise(
+    args: argparse.Namespace,
+    options: ConnectOptions,
+    names: Names,
+    config: RunnerConfig,
+    banner: Callable[[str, list[str], str], None],
+    url: str,
+) -> None:
+    """``--reload``: the API here, the runner in a child that each change replaces."""
+    await probe(options, names)
+    log = await Log.open(options, names, replicas=args.replicas)  # the streams, before the API
+    await log.close()
+    supervisor = Supervisor(
+        child_env(args, url),
+        args.jobs,
+        drain_timeout=config.drain_timeout,
+        banner=lambda jobs, hint: banner(url, jobs, hint),
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        if args.api_port:
+            await stack.enter_async_context(api_beside(options, names, "127.0.0.1", args.api_port))
+        await supervisor.run()

@@ -14,6 +14,7 @@ import msgspec
 
 from .._client import Client
 from .._core.errors import ConfigError
+from .._core.status import STATUS_FILTERS, check_status_filter
 
 OpenClient = Callable[..., AbstractAsyncContextManager[Client]]
 
@@ -45,7 +46,10 @@ def add_commands(
     actions = runs.add_subparsers(dest="runs_command", required=True, metavar="ACTION")
     listing = actions.add_parser("list", parents=[conn, out], help="runs, newest first")
     listing.add_argument("--job", help="only runs of this job")
-    listing.add_argument("--status", help="only runs in this status")
+    listing.add_argument(
+        "--status",
+        help=f"only runs in this status, or paused ones: {', '.join(STATUS_FILTERS)}",
+    )
     listing.add_argument("--limit", type=int, default=50, help="page size (default 50)")
     listing.add_argument("--cursor", help="the cursor a previous page printed")
     listing.add_argument("--build", help="only runs pinned to this build")
@@ -99,6 +103,8 @@ async def cmd_api(args: argparse.Namespace, open_client: OpenClient) -> int:
 
 
 async def cmd_runs(args: argparse.Namespace, open_client: OpenClient, json_lines: bool) -> int:
+    if getattr(args, "status", None) is not None:
+        check_status_filter(args.status)  # a usage error (exit 2) before any connection
     async with open_client(args, long_lived=False) as client:
         if args.runs_command == "waiting":
             marks = await client.waiting_runs()
@@ -163,11 +169,17 @@ def _print_waiting(marks: list[tuple[str, str, str]], json_lines: bool) -> int:
     return 0
 
 
+def _paused(run: Any) -> str:
+    if not run.paused or run.done:
+        return "-"
+    return f"yes (by {run.paused_by})" if run.paused_by else "yes"
+
+
 def _lines(runs: list[Any], json_lines: bool) -> list[str]:
     if json_lines:
         return [msgspec.json.encode(r).decode() for r in runs]
-    rows: list[tuple[str, ...]] = [("RUN", "JOB", "STATUS", "STEP", "CREATED")]
-    rows += [(r.run_id, r.job, r.status, r.step or "-", r.created_at) for r in runs]
+    rows: list[tuple[str, ...]] = [("RUN", "JOB", "STATUS", "PAUSED", "STEP", "CREATED")]
+    rows += [(r.run_id, r.job, r.status, _paused(r), r.step or "-", r.created_at) for r in runs]
     if any(r.build for r in runs):  # pinned runs (rolling upgrades): show their build
         builds = ["BUILD", *(r.build or "-" for r in runs)]
         rows = [(*row, build) for row, build in zip(rows, builds, strict=True)]

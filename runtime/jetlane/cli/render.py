@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import msgspec
@@ -104,8 +105,10 @@ def describe(msg: h.Message) -> tuple[str, str, str]:
     return step, f"#{attempt}" if attempt is not None else "", "  ".join(parts)
 
 
-def timeline_line(msg: h.Message, *, show_run: bool = False) -> Text:
+def timeline_line(msg: h.Message, *, show_run: bool = False, after_end: bool = False) -> Text:
     step, attempt, detail = describe(msg)
+    if after_end:
+        detail = f"{detail}  (after the end: nothing acts on it)".lstrip()
     arrow = "→" if msg.direction == "in" else "←"
     line = Text(clock(msg.time), style="dim")
     if show_run:
@@ -117,9 +120,13 @@ def timeline_line(msg: h.Message, *, show_run: bool = False) -> Text:
     return line
 
 
-def status_text(status: RunStatus) -> Text:
+def status_text(status: RunStatus, now: datetime | None = None) -> Text:
+    """One line: the status, the step, what it waits for and until when, and a pause.
+    A wait whose time has passed shows as due, never as pending."""
     text = Text(f"run {status.run_id} ({status.job}): ")
     text.append(status.status, style=STATUS_STYLES.get(status.status, "bold"))
+    if status.paused and not status.done:
+        text.append(", paused", style="bold yellow")
     if status.step:
         text.append(f" at step {status.step}")
         if status.attempt:
@@ -127,8 +134,18 @@ def status_text(status: RunStatus) -> Text:
     if status.waiting_for:
         what = "a timer" if status.waiting_for == "timer" else f"event {status.waiting_for!r}"
         text.append(f", waiting for {what}")
-        if status.until:
+        due = status.due_since(now or datetime.now(UTC))
+        if due is not None:
+            kind = "timeout" if status.status == "waiting" else "timer"
+            after = "acts when resumed" if status.paused else "overdue"
+            text.append(f"; {kind} due since {due} ({after})", style="yellow")
+        elif status.until:
             text.append(f" until {status.until}")
+    if status.paused and not status.done:
+        who = f" by {status.paused_by}" if status.paused_by else ""
+        since = f" since {status.paused_at}" if status.paused_at else ""
+        why = f": {status.paused_reason}" if status.paused_reason else ""
+        text.append(f"; paused{who}{since}{why}", style="yellow")
     return text
 
 
@@ -142,6 +159,7 @@ class Printer:
         self.console = Console(file=self.out, highlight=False, soft_wrap=True)
         self._spinner: Spinner | None = None
         self._seen: list[h.Message] = []
+        self._ended: set[str] = set()  # runs whose terminal entry was printed
 
     def emit(self, value: Any) -> None:
         """One JSON line (JSON mode only)."""
@@ -157,7 +175,10 @@ class Printer:
         if self.json_lines:
             self.emit(msg.to_json())
             return
-        self.console.print(timeline_line(msg, show_run=self.show_run))
+        after_end = msg.run_id in self._ended and msg.direction == "in"
+        if isinstance(msg.body, h.TERMINAL):
+            self._ended.add(msg.run_id)
+        self.console.print(timeline_line(msg, show_run=self.show_run, after_end=after_end))
         if self._spinner is not None and msg.run_id:
             self._seen.append(msg)
             status = summarize(msg.run_id, self._seen)
@@ -182,6 +203,15 @@ class Printer:
             rows.append(("output", short(status.output, 400)))
         if status.detail:
             rows.append(("detail", status.detail))
+        if status.events_after_end:
+            count = status.events_after_end
+            rows.append(
+                (
+                    "late",
+                    f"{count} event{'s' if count > 1 else ''} stored after the end (forced);"
+                    " nothing acts on them",
+                )
+            )
         for key, value in rows:
             self.console.print(f"  {key:<8} {value}")
 

@@ -17,7 +17,7 @@ import os
 import pkgutil
 import signal
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import Any
@@ -168,6 +168,28 @@ async def _tcp_reason(url: str, timeout: float) -> str | None:
     return None
 
 
+@contextlib.asynccontextmanager
+async def api_beside(
+    options: ConnectOptions, names: Names, host: str, port: int
+) -> AsyncIterator[None]:
+    """The HTTP API on ``host:port`` over its own connection, while the block runs (what
+    ``jetlane dev`` serves next to its runner). The caller owns SIGINT/SIGTERM."""
+    from ..api import api_server
+
+    api_log = await Log.open(options, names, setup=False)
+    server = api_server(Client(api_log), host, port)
+    # The runner owns SIGINT/SIGTERM here; uvicorn must not take them over.
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+    task = asyncio.create_task(server.serve())
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(Exception):  # teardown: the API's own errors are logged
+            await asyncio.wait_for(task, 10)
+        await api_log.close()
+
+
 async def serve(
     options: ConnectOptions,
     names: Names,
@@ -191,9 +213,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     signals = 0
     ops: asyncio.Server | None = None
-    api_task: asyncio.Task[None] | None = None
-    api_log: Log | None = None
-    api_server_: Any = None
+    beside = contextlib.AsyncExitStack()
 
     def on_signal() -> None:
         nonlocal signals
@@ -214,13 +234,7 @@ async def serve(
                 ready=lambda: runner.ready.is_set() and log.connected,
             )
         if api is not None and api[1]:
-            from ..api import api_server
-
-            api_log = await Log.open(options, names, setup=False)
-            api_server_ = api_server(Client(api_log), api[0], api[1])
-            # The runner owns SIGINT/SIGTERM here; uvicorn must not take them over.
-            api_server_.capture_signals = contextlib.nullcontext
-            api_task = asyncio.create_task(api_server_.serve())
+            await beside.enter_async_context(api_beside(options, names, api[0], api[1]))
         if on_ready is not None:
             ready = asyncio.create_task(runner.ready.wait())
             await asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED)
@@ -233,12 +247,7 @@ async def serve(
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-        if api_task is not None:
-            api_server_.should_exit = True
-            with contextlib.suppress(Exception):  # teardown: the API's own errors are logged
-                await asyncio.wait_for(api_task, 10)
-        if api_log is not None:
-            await api_log.close()
+        await beside.aclose()
         if ops is not None:
             ops.close()
         await log.close()
