@@ -15,6 +15,7 @@ from jetlane import (
     Context,
     EventTimeout,
     InputError,
+    Log,
     NonRetryableError,
     RetryPolicy,
     RunAlreadyExists,
@@ -461,3 +462,44 @@ async def test_pause_holds_a_run_and_resume_lets_it_finish(
     assert ran == ["prepare", "act"]
     assert (await client.status("p1")).paused is False
     assert await client.pause("p1") is False  # ended: nothing sent
+
+
+async def test_a_stopping_runner_hands_each_delivery_back_once(
+    client: Client, log: Log, start_runner: StartRunner
+) -> None:
+    """A stopping runner's last pull request stays open on the server for up to a second;
+    a delivery it hands back must not come straight back to it (one bounce per delivery,
+    not one per free slot)."""
+    holding = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hold() -> int:
+        holding.set()
+        await release.wait()
+        return 1
+
+    async def slow(ctx: Context) -> int:
+        return await step.do("hold", hold)
+
+    async def quick(ctx: Context) -> int:
+        return await step.do("one", lambda: 1)
+
+    jobs = [
+        define_job(name="slow-drain", handler=slow, register=False),
+        define_job(name="quick-drain", handler=quick, register=False),
+    ]
+    first = await start_runner(jobs)
+    await client.start("slow-drain", run_id="drain-slow")
+    await asyncio.wait_for(holding.wait(), 10)
+    first.stop()  # draining the held step; its open pull request takes what comes next
+    quick_ids = [f"drain-q{i}" for i in range(5)]
+    for run_id in quick_ids:
+        await client.start("quick-drain", run_id=run_id)
+    await start_runner(jobs)
+    for run_id in quick_ids:
+        assert await client.result(run_id, timeout=20) == 1
+    release.set()
+    assert await client.result("drain-slow", timeout=20) == 1
+    info = await log.js.consumer_info(log.names.stream, log.names.consumer)
+    # The slow start once; each quick start at most twice (the stopping runner, the other).
+    assert info.delivered.consumer_seq <= 1 + 2 * len(quick_ids), info.delivered

@@ -243,7 +243,7 @@ class Runner:
 
     async def _dispatch(self, msg: Delivery) -> None:
         if self._stopping.is_set():
-            await msg.hand_back()  # pulled while stopping: another runner takes it
+            await msg.hand_over()  # pulled while stopping: another runner takes it
             return
         names = self.log.names
         parsed = names.parse(msg.subject)
@@ -323,7 +323,7 @@ class Runner:
                 if not self._stopping.is_set():
                     self._wake(run_id, msg)
                 else:
-                    await msg.hand_back()
+                    await msg.hand_over()
             if outcome == "retry" and not session.deliveries and session.retries < 8:
                 # Woken by a timer or a wake-up, with no delivery to redeliver it: try
                 # again here (the fence and the lease keep that safe).

@@ -34,14 +34,19 @@ logger = structlog.get_logger("jetlane.runner")
 # How long one pull request lingers on the server. Short, so that slots freed
 # while it is open are asked for soon; each renewal is one small message.
 EXPIRES = 1.0
+# How long a delivery handed back by a stopping runner stays out of reach: longer
+# than its last pull request can still be open, which the server would otherwise
+# fill with the same delivery again at once (a bounce per free slot).
+AWAY = EXPIRES + 0.5
 
 
 class Delivery:
     """One delivery of the runners' consumer, as the runner sees it (never a nats Msg).
 
     ``ack`` (done with it), ``retry_later`` (deliver again after a delay),
-    ``hand_back`` (deliver again now, to any runner), ``reject`` (never again:
-    it is dead-lettered), ``keep_alive`` (still working on it).
+    ``hand_back`` (deliver again now, to any runner), ``hand_over`` (deliver again
+    once this runner's last pull request has ended: it is stopping), ``reject``
+    (never again: it is dead-lettered), ``keep_alive`` (still working on it).
     """
 
     __slots__ = ("_msg", "attempt", "data", "headers", "seq", "subject")
@@ -63,6 +68,9 @@ class Delivery:
 
     async def hand_back(self) -> None:
         await self._settle(self._msg.nak())
+
+    async def hand_over(self) -> None:
+        await self._settle(self._msg.nak(delay=AWAY))
 
     async def reject(self) -> None:
         await self._settle(self._msg.term())
