@@ -532,3 +532,43 @@ async def test_api_role_serves_every_route_and_cannot_write_the_journal(
                 await raw._publish(f"$JS.API.STREAM.PURGE.{STREAM}", b"{}", {})
         finally:
             await raw.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review finding: the legacy create subject $JS.API.CONSUMER.CREATE.JETLANE "
+    "(which nats-py's ordered consumers, hence tails, need) takes the consumer's name from "
+    "the body, which no permission can deny",
+)
+@pytest.mark.parametrize("role", ["publisher", "auditor", "api"])
+async def test_no_role_but_the_runner_can_rewrite_the_runners_consumer(
+    locked: Locked, runner: Runner, role: str
+) -> None:
+    async with client_as(locked, user="runner", password="runner-pw") as by_runner:
+        before = await by_runner.log.js.consumer_info(STREAM, NAMES.consumer)
+    nc = await connect_nats(locked.options(user=role, password=f"{role}-pw"))
+    try:
+        request = {
+            "stream_name": STREAM,
+            "config": {
+                "name": NAMES.consumer,  # a name in the body, none in the subject
+                "filter_subject": f"{PREFIX}.run.*.in",
+                "ack_policy": "explicit",
+                "deliver_policy": "all",
+                "max_deliver": -1,
+                "ack_wait": 30_000_000_000,
+                "max_ack_pending": 1,  # the whole pool: one delivery in flight
+            },
+        }
+        with contextlib.suppress(Exception):  # refused, or no answer: both fine
+            await nc.request(
+                f"$JS.API.CONSUMER.CREATE.{STREAM}", msgspec.json.encode(request), timeout=2
+            )
+    finally:
+        await nc.close()
+    async with client_as(locked, user="runner", password="runner-pw") as by_runner:
+        after = await by_runner.log.js.consumer_info(STREAM, NAMES.consumer)
+    assert (after.config.max_ack_pending, after.config.ack_wait) == (
+        before.config.max_ack_pending,
+        before.config.ack_wait,
+    )
