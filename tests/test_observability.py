@@ -20,6 +20,7 @@ import jsonschema
 import promql_parser
 import pytest
 import yaml
+from prometheus_client import generate_latest
 
 from jetlane import (
     Client,
@@ -342,6 +343,23 @@ async def test_blocked_runs_are_counted(client: Client, start_runner: StartRunne
 
     await eventually(counted, what="the blocked run to be counted")
     assert first.metrics.value("jetlane_runs_blocked_total", job="evolving") == 0
+
+
+async def test_alerted_counters_start_at_zero_for_every_served_job(
+    start_runner: StartRunner,
+) -> None:
+    """increase() needs a sample before the first event: a labelled counter that first
+    appears at 1 has increased by nothing, so the first blocked run (or failed run) of a
+    job on a runner would never fire JetlaneRunsBlocked (JetlaneRunsFailing)."""
+
+    async def idle(ctx: Context) -> None:
+        return None
+
+    runner = await start_runner([define_job(name="quiet", handler=idle, register=False)])
+    text = generate_latest(runner.metrics.registry).decode()
+    assert 'jetlane_runs_blocked_total{job="quiet"} 0.0' in text, text
+    for status in ("completed", "failed", "cancelled"):
+        assert f'jetlane_runs_ended_total{{job="quiet",status="{status}"}} 0.0' in text, text
 
 
 async def test_timer_lateness_is_measured(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -112,6 +112,15 @@ class RunnerMetrics:
             "Sessions started (a run taken up to be advanced: by a delivery, a timer, a wake)",
             registry=r,
         )
+
+    def serve(self, jobs: Iterable[str]) -> None:
+        """Export the counters alerts take ``increase()`` of at 0 for each of ``jobs``: a
+        series that first appears at 1 has increased by nothing, so the first blocked or
+        failed run of a job would alert nobody."""
+        for job in jobs:
+            self.runs_blocked.labels(job)
+            for status in ("completed", "failed", "cancelled"):
+                self.runs_ended.labels(job, status)
 
     def for_job(self, job: str) -> JobMetrics:
         """The step metrics labelled with ``job`` (labelled once, not per step)."""

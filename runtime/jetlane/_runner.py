@@ -157,6 +157,7 @@ class Runner:
         self._fast: dict[str, asyncio.TimerHandle] = {}
         self._summaries: dict[str, RunStatus] = {}
         self.metrics = metrics or RunnerMetrics()
+        self.metrics.serve(self.jobs)
         self._stopping = asyncio.Event()
         self._slot = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
