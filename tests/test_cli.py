@@ -297,17 +297,25 @@ async def test_history_all_follow_is_an_audit_feed(conn: list[str], served: None
         await proc.communicate()
 
 
-async def test_a_reader_that_leaves_ends_the_cli_quietly(conn: list[str], served: None) -> None:
-    """`jetlane history --all --follow | head -1`: exit 141, no traceback, no 'unexpected'."""
+@pytest.mark.parametrize("output", ["json", "text"])
+async def test_a_reader_that_leaves_ends_the_cli_quietly(
+    conn: list[str], served: None, output: str
+) -> None:
+    """`jetlane history --all --follow | head -1`: exit 141, no traceback, no 'unexpected';
+    in text mode too (JETLANE_OUTPUT=text), whose printer would otherwise exit 1."""
     assert (await jetlane("start", "fails", "--run-id", "p1", "--input", "{}", *conn)).code == 0
-    args = [sys.executable, "-m", "jetlane.cli", "history", "--all", "--follow", "--json", *conn]
+    args = [sys.executable, "-m", "jetlane.cli", "history", "--all", "--follow", *conn]
     with subprocess.Popen(  # noqa: ASYNC220 (a plain pipe, so the test can close it)
-        args, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        args,
+        cwd=ROOT,
+        env=_env({"JETLANE_OUTPUT": output}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     ) as proc:
         try:
             assert proc.stdout is not None and proc.stderr is not None
-            first = await asyncio.to_thread(proc.stdout.readline)
-            assert json.loads(first)["run_id"] == "p1"
+            first = (await asyncio.to_thread(proc.stdout.readline)).decode()
+            assert (json.loads(first)["run_id"] if output == "json" else first.split()[1]) == "p1"
             proc.stdout.close()  # the reader leaves, as head does
             for n in range(2, 6):  # more output for the CLI to write into the closed pipe
                 await jetlane("start", "fails", "--run-id", f"p{n}", "--input", "{}", *conn)

@@ -39,6 +39,10 @@ async def test_runs_list_and_rebuild(
     assert "cursor" in lines[2]
     rest = await jetlane("runs", "list", "--json", "--cursor", lines[2]["cursor"], *conn)
     assert [line["run_id"] for line in rest.json_lines()] == ["cli-runs-0"]
+    for cursor in ("garbage", "bm90IGEgY3Vyc29y"):  # not base64; base64 without a '|'
+        bad = await jetlane("runs", "list", "--cursor", cursor, *conn)
+        assert bad.code == 2, bad  # a usage error, not "unexpected ValueError"
+        assert "cursor" in bad.err and "unexpected" not in bad.err, bad.err
     rebuilt = await jetlane("runs", "rebuild-index", "--json", *conn)
     assert rebuilt.code == 0 and rebuilt.json_lines() == [{"indexed": 3}]
     paused = await jetlane("pause", "cli-runs-0", "--json", *conn)

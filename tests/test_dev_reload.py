@@ -165,3 +165,58 @@ def test_the_watcher_sees_python_files_only(tmp_path: Path) -> None:
     (tmp_path / "a.py").unlink()
     assert changed(edited, snapshot([tmp_path])) == [str(tmp_path / "a.py")]
     assert changed(snapshot([tmp_path / "sub" / "b.py"]), {}) == [str(tmp_path / "sub" / "b.py")]
+
+
+# A job that returns what a helper module beside its package says.
+HELPED = """
+import shared
+from jetlane import Context, job, step
+
+
+@job("helped")
+async def helped(ctx: Context, input: None) -> str:
+    await step.wait_for_event("wait", type="go", timeout="1h")
+    return await step.do("after", lambda: shared.VALUE)
+"""
+
+
+async def test_dev_reload_sees_an_edit_of_a_helper_the_jobs_import(tmp_path: Path) -> None:
+    """A module outside ``--jobs`` that the jobs import from the project (``shared.py``
+    beside the package) is their code too: editing it reloads."""
+    project = tmp_path / "project"
+    package = project / "helpedjobs"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "flow.py").write_text(HELPED)
+    shared = project / "shared.py"
+    shared.write_text("VALUE = 'v1'\n")
+    err = _log_file(tmp_path / "dev.err")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "jetlane.cli", "dev", "--reload", "--jobs", "helpedjobs"),
+        *("--port", "0", "--api-port", "0", "--data", str(tmp_path / "data")),
+        cwd=project,
+        env=_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=err,
+    )
+    assert proc.stdout is not None
+    out = Lines(proc.stdout)
+    try:
+        banner = await out.until("ready. Try:")
+        url = next(w for line in banner for w in line.split() if w.startswith("nats://"))
+        nats = ["--nats", url]
+        assert (await jetlane("start", "helped", "--run-id", "h1", *nats)).code == 0
+        await _wait_status(nats, "h1", "waiting")
+        shared.write_text("VALUE = 'v2'\n")
+        reloaded = await out.until("code reloaded")
+        assert "shared.py changed: reloading" in reloaded[-2], reloaded
+        assert (await jetlane("event", "h1", "go", *nats)).code == 0
+        assert (await _wait_status(nats, "h1", "completed"))["output"] == "v2"
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        err.close()

@@ -14,6 +14,7 @@ import heapq
 
 import msgspec
 
+from ._core.errors import ConfigError
 from ._core.status import RunStatus, summarize
 from ._nats.log import Log
 
@@ -41,7 +42,10 @@ def _below(cursor: str | None) -> tuple[str, str] | None:
     try:
         created, run_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
     except (ValueError, UnicodeDecodeError):
-        raise ValueError("invalid cursor") from None
+        raise ConfigError(
+            f"cursor {cursor[:40]!r} is not one a page of the run list gave: pass the "
+            "cursor printed after the previous page, or none for the first page"
+        ) from None
     return created, run_id
 
 

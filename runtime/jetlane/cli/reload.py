@@ -117,9 +117,30 @@ def _describe(exc: BaseException) -> str:
     return where + what
 
 
+def _project_files() -> set[str]:
+    """The files of every imported module that lives in the project (under the working
+    directory, outside the interpreter's and jetlane's own folders): the helpers the jobs
+    import from beside their package count as their code."""
+    project = Path.cwd().resolve()
+    outside = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    outside.add(Path(__file__).resolve().parent.parent)  # jetlane itself
+    found: set[str] = set()
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        if not isinstance(file, str) or not file.endswith(".py"):
+            continue
+        path = Path(file).resolve()
+        if "site-packages" in path.parts or "dist-packages" in path.parts:
+            continue  # an installed library, whatever folder its environment is in
+        if path.is_relative_to(project) and not any(path.is_relative_to(o) for o in outside):
+            found.add(str(path))
+    return found
+
+
 def _files_of(modules: Iterable[str]) -> list[str]:
-    """What to watch for the loaded modules: package folders (new modules count) and files."""
-    roots: set[str] = set()
+    """What to watch for the loaded modules: package folders (new modules count) and files,
+    and the project's modules they import."""
+    roots: set[str] = _project_files()
     for name in modules:
         module = sys.modules.get(name)
         if module is None:

@@ -149,6 +149,15 @@ def status_text(status: RunStatus, now: datetime | None = None) -> Text:
     return text
 
 
+class _Console(Console):
+    """rich's console, but a reader that went away (``| head``) raises ``BrokenPipeError``
+    for the CLI to exit 141 quietly, as in JSON mode; rich's own way exits 1."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
 class Printer:
     """Prints history messages and statuses in the chosen format."""
 
@@ -156,7 +165,7 @@ class Printer:
         self.json_lines = json_lines
         self.show_run = show_run
         self.out = out or sys.stdout
-        self.console = Console(file=self.out, highlight=False, soft_wrap=True)
+        self.console = _Console(file=self.out, highlight=False, soft_wrap=True)
         self._spinner: Spinner | None = None
         self._seen: list[h.Message] = []
         self._ended: set[str] = set()  # runs whose terminal entry was printed
