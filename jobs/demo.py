@@ -449,6 +449,8 @@ async def demo(args: argparse.Namespace) -> int:
         try:
             async with asyncio.timeout(args.timeout):
                 return await story.run()
+        except BrokenPipeError:
+            raise  # the reader went away (`make demo | head`): nothing to explain
         except Exception:
             for runner in story.runners:
                 print(f"--- runner {runner.number} log (last lines):", file=sys.stderr)
@@ -479,7 +481,13 @@ def main(argv: list[str] | None = None) -> int:
         except asyncio.CancelledError:
             return 130
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except BrokenPipeError:
+        # The reader went away (`make demo | head`); the runners and the server are
+        # stopped already (each has its finally). Quiet, as Unix tools are.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -196,3 +196,22 @@ def test_demo_interrupted_stops_its_server_and_runners() -> None:
     runners = Timeline(lines).pids()
     assert len(runners) == 2
     assert not [pid for pid in runners if _alive(pid)], "the demo left a runner running"
+
+
+def test_a_reader_that_leaves_ends_the_demo_quietly_and_stops_everything() -> None:
+    """`make demo | head`: exit 141, no traceback, no process left behind."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "jobs.demo", "--json"],
+        cwd=ROOT,
+        env={**os.environ, **FAST},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        first = json.loads(proc.stdout.readline())
+        proc.stdout.close()  # the reader leaves, as head does
+        code = proc.wait(timeout=60)
+        err = proc.stderr.read().decode()
+    assert code == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err
+    assert not _alive(first["nats_pid"]), "the demo left nats-server running"

@@ -503,3 +503,37 @@ async def test_a_stopping_runner_hands_each_delivery_back_once(
     info = await log.js.consumer_info(log.names.stream, log.names.consumer)
     # The slow start once; each quick start at most twice (the stopping runner, the other).
     assert info.delivered.consumer_seq <= 1 + 2 * len(quick_ids), info.delivered
+
+
+async def test_status_says_an_awaited_event_is_already_in_the_inbox_and_no_runner_serves_it(
+    client: Client, start_runner: StartRunner
+) -> None:
+    async def waits(ctx: Context) -> Any:
+        return await step.wait_for_event("go", type="go", timeout="1h")
+
+    first = await start_runner([define_job(name="waits", handler=waits, register=False)])
+    await client.start("waits", run_id="wi1")
+
+    async def waiting() -> bool:
+        return (await client.status("wi1")).status == "waiting"
+
+    await eventually(waiting, what="the run to wait")
+    first.stop()  # no runner serves the job now (it was renamed, say)
+
+    async def unserved() -> bool:
+        return not await client.served("waits")
+
+    await eventually(unserved, what="the runner to stop serving the job")
+    await client.send_event("wi1", "go", 1)
+    status = await client.status("wi1")
+    assert status.status == "waiting" and status.detail is not None
+    assert "event 'go' is in its inbox" in status.detail  # not shown as still pending
+    other = await start_runner([define_job(name="other", handler=waits, register=False)])
+
+    async def marked() -> bool:
+        detail = (await client.status("wi1")).detail or ""
+        return "no runner serves job 'waits'" in detail
+
+    await client.send_event("wi1", "go", 2)  # a delivery the other runner cannot serve
+    await eventually(marked, what="the status to say no runner serves the job")
+    assert other is not first

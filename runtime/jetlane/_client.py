@@ -35,6 +35,34 @@ from ._nats.names import Names
 _ENDED = {h.RunCompleted: "completed", h.RunFailed: "failed", h.RunCancelled: "cancelled"}
 
 
+def _arrived(status: RunStatus, history: list[h.Message]) -> str | None:
+    """For a waiting run: the event it waits for that is already in its inbox, if any
+    (sent while no runner was up, or not yet taken): honest, not 'pending'."""
+    if status.status != "waiting" or not status.waiting_for:
+        return None
+    wanted = set(status.waiting_for.split("|"))
+    taken = {
+        m.body.input_seq
+        for m in history
+        if isinstance(m.body, h.EventReceived | h.WaitTimedOut) and m.body.input_seq is not None
+    }
+    stored = next(
+        (
+            m
+            for m in history
+            if isinstance(m.body, h.Event) and m.body.type in wanted and m.seq not in taken
+        ),
+        None,
+    )
+    if stored is None:
+        return None
+    assert isinstance(stored.body, h.Event)
+    return (
+        f"event {stored.body.type!r} is in its inbox (stored {stored.time}): the run takes "
+        "it when a runner next advances it"
+    )
+
+
 @dataclass(frozen=True)
 class RunHandle:
     """A started run: its ``run_id`` plus shortcuts to the client's per-run calls."""
@@ -231,21 +259,27 @@ class Client:
 
     async def status(self, run_id: str) -> RunStatus:
         h.check_run_id(run_id)
-        status = summarize(run_id, await self.log.read(run_id))
+        history = await self.log.read(run_id)
+        status = summarize(run_id, history)
         if status is None:
             raise RunNotFound(run_id)
-        status.detail = status.explain_due(datetime.now(UTC))
+        status.detail = status.explain_due(datetime.now(UTC)) or _arrived(status, history)
         if status.status == "queued":
             if not await self.served(status.job):
                 status.detail = f"no runner serves job {status.job!r}; the run starts when one does"
             elif await self.log.lease_holder(run_id) is not None:
                 status.status = "running"  # a runner has it: its first step is under way
-        if status.build is not None and not status.done:
+        elif not status.done:
             mark = await self.log.waiting_mark(run_id)
             if mark is not None and mark[1] == f"build:{status.build}":
                 status.detail = (
                     f"waits for a runner of build {status.build!r} (drained?): start one, "
                     f"or re-pin it with `jetlane runs pin {run_id} --build NEW`"
+                )
+            elif mark is not None and mark[1] == "unserved":
+                status.detail = (
+                    f"no runner serves job {status.job!r} now (renamed or removed?); the "
+                    "run goes on when one does"
                 )
         return status
 
