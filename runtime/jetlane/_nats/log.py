@@ -19,17 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Any, Final
 
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.api import (
-    ConsumerConfig,
-    DeliverPolicy,
-)
 
 from .._core import history as h
 from .._core.durations import format_time
@@ -43,6 +39,7 @@ from .pull import Delivery, Puller
 from .router import ReplyRouter
 from .scan import Value, last_values, subjects
 from .streams import StreamSetup
+from .tail import Tail
 
 FIRE_AT_HEADER: Final = "Jetlane-Fire-At"
 """When a durable timer is due, on its schedule; the server copies the header onto the
@@ -593,29 +590,10 @@ class Log:
             time=_millis(headers.get("Nats-Time-Stamp", "")),
         )
 
-    async def tail(self, subject: str, start: int) -> AsyncIterator[h.Message]:
-        """Follow ``subject`` from ``start`` (ordered consumer: fired timers included)."""
-        config = ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(start, 1)
-        )
-        with nats_errors(f"a tail of {subject}"):
-            sub = await self.js.subscribe(
-                subject,
-                stream=self.names.stream,
-                ordered_consumer=True,
-                config=config,
-                idle_heartbeat=2.0,
-            )
-        try:
-            while True:
-                try:
-                    raw = await sub.next_msg(timeout=None)
-                except TimeoutError:  # nats-py's timeout is one: keep following
-                    continue
-                yield self.decode_delivered(raw)
-        finally:
-            with contextlib.suppress(Exception):  # teardown: a closed connection has none
-                await sub.unsubscribe()
+    def tail(self, subject: str, start: int) -> AsyncGenerator[h.Message]:
+        """Follow ``subject`` from ``start``, fired timers included: every message once,
+        in stream order, across server restarts and reconnects (see ``Tail``)."""
+        return Tail(self, subject, start).follow()
 
     def decode_delivered_core(self, raw: Msg) -> h.Message:
         """A journal entry seen on a core subscription (no stream sequence or time)."""
