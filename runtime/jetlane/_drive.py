@@ -20,6 +20,7 @@ the next step starts.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -39,6 +40,7 @@ from ._core.replay import (
     Replay,
     Schedule,
     Unschedule,
+    Waiting,
 )
 
 
@@ -166,7 +168,21 @@ class Driver:
     async def drive(
         self, replay: Replay, first_decision: Callable[[], None] | None = None
     ) -> Decision:
-        """Execute steps until the core's decision is not ``Execute``."""
+        """Execute steps (several at once for parallel branches) until the core's
+        decision is neither a step to run nor a wait for one."""
+        running: dict[str, asyncio.Task[Outcome]] = {}
+        try:
+            return await self._drive(replay, running, first_decision)
+        finally:
+            for task in running.values():
+                task.cancel()  # a run that ended, blocked or failed: abandon the rest
+
+    async def _drive(
+        self,
+        replay: Replay,
+        running: dict[str, asyncio.Task[Outcome]],
+        first_decision: Callable[[], None] | None,
+    ) -> Decision:
         reply: Any = None
         # Whether every input stored up to now has been taken in: true after a fenced
         # append (which the server refuses when an input came), false once a step has
@@ -176,21 +192,25 @@ class Driver:
         synced_at = 0.0
         while True:
             decision = await replay.next(reply)
+            reply = None
             if first_decision is not None:
                 first_decision()  # a full replay ends at the first decision: the frontier
                 first_decision = None
             if await self.flush(replay):
                 synced, synced_at = True, loop.time()
-            reply = None
             if isinstance(decision, Checkpoint):
                 # The step's outcome is written; a cancel or pause it brought in is
                 # acted on before the handler goes on past the step.
                 if replay.cancel_pending:
-                    decision = await replay.next(None)
-                    await self.flush(replay)
-                    return decision
+                    return await self._cancelled(replay)
                 if replay.paused:
+                    if running:  # steps in flight finish (and are recorded) first
+                        reply = await self._outcome(replay, running, or_changed=False)
+                        continue
                     return Park(replay.current_step or "")  # resume goes on from here
+                continue
+            if isinstance(decision, Waiting):
+                reply = await self._outcome(replay, running, or_changed=True)
                 continue
             if not isinstance(decision, Execute):
                 return decision
@@ -200,17 +220,43 @@ class Driver:
                 # meanwhile is seen before the next step starts.
                 await self.ingest_tail(replay)
             if replay.cancel_pending:
-                decision = await replay.next(None)
-                await self.flush(replay)
-                return decision
+                return await self._cancelled(replay)
             if replay.paused:
-                return replay.hold(decision)
+                replay.hold(decision)
+                continue
             if self.stopping():
-                # Draining: finish the step in flight, start no new one; another runner
-                # continues from the log.
-                raise Handback
-            reply = await self.execute(replay, decision)
+                # Draining: finish the steps in flight, start no new one; another
+                # runner continues from the log.
+                replay.hold(decision)
+                if not running:
+                    raise Handback
+                reply = await self._outcome(replay, running, or_changed=False)
+                continue
+            running[decision.step] = asyncio.ensure_future(self.execute(replay, decision))
             synced = False
+
+    async def _outcome(
+        self, replay: Replay, running: dict[str, asyncio.Task[Outcome]], *, or_changed: bool
+    ) -> Outcome | None:
+        """The outcome of the first step in flight to finish (tagged with its step), or
+        None when the handler asked something new first (``or_changed``)."""
+        waits: set[asyncio.Future[Any]] = set(running.values())
+        changed = replay.changed() if or_changed else None
+        if changed is not None:
+            waits.add(changed)
+        if not waits:
+            raise RuntimeError("the core waits for steps, but none is executing")
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for step, task in running.items():
+            if task.done():
+                del running[step]
+                return dataclasses.replace(task.result(), step=step)
+        return None
+
+    async def _cancelled(self, replay: Replay) -> Decision:
+        decision = await replay.next(None)  # the cancel ends the run
+        await self.flush(replay)
+        return decision
 
     async def flush(self, replay: Replay) -> bool:
         """Write the outbox; True when it appended anything (so the fence proved that

@@ -324,7 +324,9 @@ async def run_step(ex: Execute, started: datetime, duration_ms: float = 0.0) -> 
     """Run one step attempt on the loop with a fixed start and duration (journals that
     tests compare stay equal); errors classified as a runner records them."""
     result, error = await attempt(ex, call_on_loop)
-    return Outcome(started_at=started, duration_ms=duration_ms, result=result, error=error)
+    return Outcome(
+        started_at=started, duration_ms=duration_ms, result=result, error=error, step=ex.step
+    )
 
 
 def _as_job(item: Job | Callable[..., Any]) -> Job:

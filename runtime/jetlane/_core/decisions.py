@@ -80,7 +80,14 @@ class Checkpoint:
     """
 
 
-Decision = Execute | Checkpoint | Park | Finished | Blocked
+@dataclass(frozen=True)
+class Waiting:
+    """Steps are executing and the handler has nothing else to ask: reply with the
+    ``Outcome`` of whichever finishes first (or ``None`` when ``Replay.changed()``
+    fires first)."""
+
+
+Decision = Execute | Checkpoint | Waiting | Park | Finished | Blocked
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,7 @@ class Outcome:
     duration_ms: float
     result: Any = None
     error: BaseException | None = None
+    step: str = ""  # the step id of the Execute this answers (several may be in flight)
 
 
 # -- outbox ---------------------------------------------------------------------

@@ -15,6 +15,8 @@ from . import history as h
 from .determinism import atom_of
 
 UNRECORDABLE = "UnrecordableResult"  # the error type of a run_blocked on a step's result
+# Entries that end an atom's wait (a step failed with a retry_at does not: it parks).
+PROCEEDS = (h.StepCompleted, h.StepFailed, h.SleepCompleted, h.EventReceived, h.WaitTimedOut)
 
 
 @dataclass
@@ -49,6 +51,10 @@ class Recorded:
         # happened): it runs again only on a resume input stored after that
         self.held: dict[str, int] = {}
         self.has_timers = False  # any timer_set seen or emitted: a finish purges timers
+        # step -> the sequence of the entry, read from the log, that let the step's branch
+        # go past it (a result, a final failure, a sleep's or wait's end): parallel
+        # branches are handed these in log order on replay, as the live run was
+        self.proceeds: dict[str, int] = {}
 
     # -- feeding ----------------------------------------------------------------
 
@@ -59,6 +65,11 @@ class Recorded:
                 return
             self.out_seq = msg.seq
             self.apply(msg.body)
+            body = msg.body
+            if isinstance(body, PROCEEDS) and not (
+                isinstance(body, h.StepFailed) and body.retry_at is not None
+            ):
+                self.proceeds[body.step] = msg.seq
         elif msg.seq > self.last_seq:
             self.inputs += 1
             body = msg.body
