@@ -52,7 +52,7 @@ async def run(bench: Bench) -> None:
                     t2 = time.perf_counter()
                     totals.append((t2 - t0) * 1000)
                     starts.append((t1 - t0) * 1000)
-                    history = await log.read(handle.id)
+                    history = await log.read(handle.run_id)
                     spans.append((stamp(history[-1].time) - stamp(history[0].time)) * 1000)
             run_ms.samples.append(statistics.median(totals))
             step_ms.samples.append(statistics.median(totals) / STEPS)

@@ -99,10 +99,10 @@ async def test_start_status_history_and_list(
     await start_runner([GREET])
     http = await api()
     response = await http.post(
-        "/runs", json={"job": "api-greet", "input": {"name": "ada"}, "id": "g1"}
+        "/runs", json={"job": "api-greet", "input": {"name": "ada"}, "run_id": "g1"}
     )
     assert response.status_code == 201
-    assert response.json() == {"id": "g1", "status": "queued"}
+    assert response.json() == {"run_id": "g1", "id": "g1", "status": "queued"}
     assert await client.result("g1", timeout=10) == "hi ada"
 
     status = await status_of(http, "g1")
@@ -118,8 +118,17 @@ async def test_start_status_history_and_list(
 
     anonymous = await http.post("/runs", json={"job": "api-greet", "input": {"name": "bo"}})
     assert anonymous.status_code == 201
-    run_id = anonymous.json()["id"]
+    run_id = anonymous.json()["run_id"]
+    assert anonymous.json()["id"] == run_id  # the old name, kept
     assert await client.result(run_id, timeout=10) == "hi bo"
+
+    old_name = await http.post(
+        "/runs", json={"job": "api-greet", "input": {"name": "cy"}, "id": "g2"}
+    )
+    assert old_name.status_code == 201 and old_name.json()["run_id"] == "g2"
+    both = {"job": "api-greet", "input": {"name": "cy"}, "id": "g3", "run_id": "g4"}
+    differ = await http.post("/runs", json=both)
+    assert differ.status_code == 422 and differ.json()["error"]["field"] == "run_id"
 
     async def listed() -> bool:
         page = (await http.get("/runs", params={"job": "api-greet", "status": "completed"})).json()
@@ -167,6 +176,7 @@ async def test_start_errors(api: Api, client: Client, start_runner: StartRunner)
         ({"job": 7}, "job"),
         ({"job": "api-greet", "id": "a.b"}, "id"),
         ({"job": "api-greet", "id": "x" * 129}, "id"),
+        ({"job": "api-greet", "run_id": "a b"}, "run_id"),
         ({"input": 1}, "job"),
         ({"job": "api-greet", "idd": "typo"}, "idd"),
     ]
@@ -258,7 +268,7 @@ async def test_events_cancel_and_unknown_runs(
         response = await http.post("/runs/events", json=bad)
         assert response.status_code == 422, (bad, response.text)
     response = await http.get("/runs/bad.id")
-    assert response.status_code == 422 and error(response)["field"] == "id"
+    assert response.status_code == 422 and error(response)["field"] == "run_id"
 
 
 async def test_ended_runs_refuse_events_unless_forced_and_pauses_say_who(
@@ -531,7 +541,7 @@ def _fuzz(doc: dict[str, Any], url: str, auth: dict[str, str]) -> tuple[list[str
         schema.as_strategy(GenerationMode.POSITIVE),
         schema.as_strategy(GenerationMode.NEGATIVE),
         # Random ids almost never name a run: also aim every {id} at the live one.
-        schema.as_strategy(GenerationMode.POSITIVE, path_parameters={"id": "fuzzed"}),
+        schema.as_strategy(GenerationMode.POSITIVE, path_parameters={"run_id": "fuzzed"}),
     ]
     for strategy in strategies:
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,7 +131,9 @@ async def test_start_wait_follows_the_run_and_sets_the_exit_code(
     assert "the disk is on fire" in lines[-1]["body"]["error"]["message"]
 
     waiter = asyncio.create_task(
-        jetlane("start", "approval", "--input", '{"change": "c2"}', "--id", "w1", "--wait", *conn)
+        jetlane(
+            "start", "approval", "--input", '{"change": "c2"}', "--run-id", "w1", "--wait", *conn
+        )
     )
     await _wait_status(conn, "w1", "waiting")
     assert (
@@ -149,7 +152,7 @@ async def test_start_wait_follows_the_run_and_sets_the_exit_code(
 
 async def test_cancel(conn: list[str], served: None) -> None:
     assert (
-        await jetlane("start", "approval", "--input", '{"change": "c"}', "--id", "c1", *conn)
+        await jetlane("start", "approval", "--input", '{"change": "c"}', "--run-id", "c1", *conn)
     ).code == 0
     await _wait_status(conn, "c1", "waiting")
     cancelled = await jetlane("cancel", "c1", "--reason", "changed my mind", *conn)
@@ -292,6 +295,30 @@ async def test_history_all_follow_is_an_audit_feed(conn: list[str], served: None
             proc.kill()
             await proc.wait()
         await proc.communicate()
+
+
+async def test_a_reader_that_leaves_ends_the_cli_quietly(conn: list[str], served: None) -> None:
+    """`jetlane history --all --follow | head -1`: exit 141, no traceback, no 'unexpected'."""
+    assert (await jetlane("start", "fails", "--run-id", "p1", "--input", "{}", *conn)).code == 0
+    args = [sys.executable, "-m", "jetlane.cli", "history", "--all", "--follow", "--json", *conn]
+    with subprocess.Popen(  # noqa: ASYNC220 (a plain pipe, so the test can close it)
+        args, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as proc:
+        try:
+            assert proc.stdout is not None and proc.stderr is not None
+            first = await asyncio.to_thread(proc.stdout.readline)
+            assert json.loads(first)["run_id"] == "p1"
+            proc.stdout.close()  # the reader leaves, as head does
+            for n in range(2, 6):  # more output for the CLI to write into the closed pipe
+                await jetlane("start", "fails", "--run-id", f"p{n}", "--input", "{}", *conn)
+            code = await asyncio.to_thread(proc.wait, 20)
+            err = proc.stderr.read().decode()
+            assert code == 141, err
+            assert "unexpected" not in err and "Traceback" not in err and "BrokenPipe" not in err
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 async def _read_until(stream: asyncio.StreamReader, text: str, timeout: float = 20) -> list[str]:

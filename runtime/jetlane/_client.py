@@ -37,22 +37,27 @@ _ENDED = {h.RunCompleted: "completed", h.RunFailed: "failed", h.RunCancelled: "c
 
 @dataclass(frozen=True)
 class RunHandle:
-    """A started run: ``id`` plus shortcuts to the client's per-run calls."""
+    """A started run: its ``run_id`` plus shortcuts to the client's per-run calls."""
 
-    id: str
+    run_id: str
     client: Client
 
+    @property
+    def id(self) -> str:
+        """The same as ``run_id`` (the name before 0.2; kept)."""
+        return self.run_id
+
     async def result(self, timeout: float | None = None) -> Any:
-        return await self.client.result(self.id, timeout=timeout)
+        return await self.client.result(self.run_id, timeout=timeout)
 
     async def status(self) -> RunStatus:
-        return await self.client.status(self.id)
+        return await self.client.status(self.run_id)
 
     async def send_event(self, type: str, payload: Any = None, *, force: bool = False) -> bool:
-        return await self.client.send_event(self.id, type, payload, force=force)
+        return await self.client.send_event(self.run_id, type, payload, force=force)
 
     async def cancel(self, reason: str | None = None) -> bool:
-        return await self.client.cancel(self.id, reason)
+        return await self.client.cancel(self.run_id, reason)
 
 
 class Client:

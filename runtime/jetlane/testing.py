@@ -151,17 +151,22 @@ class TestRun:
 
     __test__ = False  # not a pytest test class
 
-    id: str
+    run_id: str
     env: Environment
 
+    @property
+    def id(self) -> str:
+        """The same as ``run_id``."""
+        return self.run_id
+
     async def result(self, *, within: Duration = "3650d") -> Any:
-        return await self.env.result(self.id, within=within)
+        return await self.env.result(self.run_id, within=within)
 
     async def status(self) -> RunStatus:
-        return await self.env.status(self.id)
+        return await self.env.status(self.run_id)
 
     async def send_event(self, type: str, payload: Any = None) -> None:
-        await self.env.send_event(self.id, type, payload)
+        await self.env.send_event(self.run_id, type, payload)
 
 
 class Environment:

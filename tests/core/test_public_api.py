@@ -94,3 +94,23 @@ def test_the_wire_types_are_public() -> None:
     assert all(not name.startswith("_") for name in wire.__all__)
     status_error = jetlane.RunStatus.__annotations__["error"]
     assert "ErrorInfo" in str(status_error)
+
+
+def test_every_client_method_is_documented_with_its_arguments() -> None:
+    """docs/client.md documents every public Client method (a heading and its
+    signature's parameter names) and every RunHandle shortcut."""
+    import inspect
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "client.md").read_text()
+    public = [n for n, f in inspect.getmembers(jetlane.Client) if callable(f) and n[0] != "_"]
+    assert public
+    for name in public:
+        assert f"### {name}\n" in text, f"docs/client.md has no section for Client.{name}"
+        section = text.split(f"### {name}\n", 1)[1].split("\n### ", 1)[0]
+        for param in inspect.signature(getattr(jetlane.Client, name)).parameters:
+            if param != "self":
+                assert param in section, f"Client.{name}: {param!r} is not documented"
+    for name in [n for n in vars(jetlane.RunHandle) if n[0] != "_" and n != "client"]:
+        assert f"run.{name}" in text or f"`{name}`" in text, f"RunHandle.{name} undocumented"
+    assert "jetlane.connect(" in text

@@ -47,7 +47,7 @@ async def test_approval_times_out_after_its_timeout() -> None:
         await env.advance("2m")  # the wait's timer fires on the way
         assert (await run.status()).status == "completed"
         assert (await run.result())["status"] == "timed_out"
-        kinds = [m.kind for m in await env.history(run.id)]
+        kinds = [m.kind for m in await env.history(run.run_id)]
         assert "wait_timed_out" in kinds
 
 
@@ -58,7 +58,7 @@ async def test_rolling_deploy_retries_and_cool_downs_pass_without_waiting() -> N
         result = await run.result()  # retry delays and 10-minute cool-downs: virtual time
         assert [r["env"] for r in result["results"]] == ["staging", "prod"]
         assert all(r["ok"] for r in result["results"])
-        history = await env.history(run.id)
+        history = await env.history(run.run_id)
         failed = [m.body for m in history if isinstance(m.body, h.StepFailed)]
         assert [f.attempt for f in failed] == [1, 2, 1, 2]  # two failures per deploy
 
@@ -139,7 +139,7 @@ async def _recorded(tmp_path: Path) -> Path:
         run = await env.start("n")
         assert await run.result() == 2
         path = tmp_path / "run.jsonl"
-        lines = [json.dumps(m.to_json()) for m in await env.history(run.id)]
+        lines = [json.dumps(m.to_json()) for m in await env.history(run.run_id)]
         path.write_text("\n".join(lines) + "\n")
         return path
 
@@ -173,9 +173,9 @@ def test_replay_accepts_compatible_code_and_names_the_step_that_changed(
 async def test_replay_takes_a_decorated_handler_and_checks_paused_runs(tmp_path: Path) -> None:
     async with Environment(jobs=[approval], plugins={"approvals": DemoApprovals()}) as env:
         run = await env.start("approval", {"change": "P"})
-        assert await env.pause(run.id)  # paused while it waits: often so before a deploy
+        assert await env.pause(run.run_id)  # paused while it waits: often so before a deploy
         path = tmp_path / "paused.jsonl"
-        path.write_text("\n".join(json.dumps(m.to_json()) for m in await env.history(run.id)))
+        path.write_text("\n".join(json.dumps(m.to_json()) for m in await env.history(run.run_id)))
     await replay_async(approval, path)  # plugins stand in: step functions never run
 
     async def renamed(ctx: Context, input: Any) -> None:

@@ -5,11 +5,11 @@ Routes (every error body is ``{"error": {"type", "message"[, "field"]}}``)::
     POST /runs                 {job, input, id?}          201 {id, status}
     POST /runs/events          {run_id, type, payload}    202
     GET  /runs                 ?job=&status=&limit=&cursor=   newest first
-    GET  /runs/{id}            the run's status
-    GET  /runs/{id}/history    the log as JSON; Accept: text/event-stream follows it live
-    POST /runs/{id}/cancel     {reason?}                  202
-    POST /runs/{id}/pause      {reason?}                  202
-    POST /runs/{id}/resume                                202
+    GET  /runs/{run_id}            the run's status
+    GET  /runs/{run_id}/history    the log as JSON; Accept: text/event-stream follows it live
+    POST /runs/{run_id}/cancel     {reason?}                  202
+    POST /runs/{run_id}/pause      {reason?}                  202
+    POST /runs/{run_id}/resume                                202
     GET  /jobs, /jobs/{name}       the jobs live runners serve, with input schemas
     GET  /openapi.json, /healthz, /readyz
 
@@ -120,11 +120,11 @@ def create_app(
     routes = [
         Route("/runs", _by_method(GET=api.list_runs, POST=api.start), methods=["GET", "POST"]),
         Route("/runs/events", guarded(api.send_event), methods=["POST"]),
-        Route("/runs/{id}", guarded(api.status), methods=["GET"]),
-        Route("/runs/{id}/history", guarded(api.history), methods=["GET"]),
-        Route("/runs/{id}/cancel", guarded(api.cancel), methods=["POST"]),
-        Route("/runs/{id}/pause", guarded(api.pause), methods=["POST"]),
-        Route("/runs/{id}/resume", guarded(api.resume), methods=["POST"]),
+        Route("/runs/{run_id}", guarded(api.status), methods=["GET"]),
+        Route("/runs/{run_id}/history", guarded(api.history), methods=["GET"]),
+        Route("/runs/{run_id}/cancel", guarded(api.cancel), methods=["POST"]),
+        Route("/runs/{run_id}/pause", guarded(api.pause), methods=["POST"]),
+        Route("/runs/{run_id}/resume", guarded(api.resume), methods=["POST"]),
         Route("/jobs", guarded(api.jobs), methods=["GET"]),
         Route("/jobs/{name}", guarded(api.job), methods=["GET"]),
         Route("/openapi.json", api.openapi, methods=["GET"]),

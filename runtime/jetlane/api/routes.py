@@ -92,21 +92,25 @@ class Endpoints:
         return ApiError(413, "PayloadTooLarge", f"the body is over {self.max_body} bytes")
 
     def _run_id(self, request: Request) -> str:
-        return _checked(h.check_run_id, request.path_params["id"], "id")
+        return _checked(h.check_run_id, request.path_params["run_id"], "run_id")
 
     async def start(self, request: Request) -> Response:
         """POST /runs."""
         req = await self._body(request, StartRequest)
         _checked(h.check_job_name, req.job, "job")
-        if req.id is not None:
-            _checked(h.check_run_id, req.id, "id")
+        if req.run_id is not None and req.id is not None and req.run_id != req.id:
+            raise ApiError(422, "ValidationError", "run_id and id (its old name) differ", "run_id")
+        run_id = req.run_id if req.run_id is not None else req.id
+        if run_id is not None:
+            _checked(h.check_run_id, run_id, "run_id")
         if not self.queue_unserved and not await self.client.served(req.job):
             raise ApiError(404, "JobNotServed", f"no runner serves job {req.job!r}", "job")
         try:
-            handle = await self.client.start(req.job, req.input, run_id=req.id)
+            handle = await self.client.start(req.job, req.input, run_id=run_id)
         except PayloadTooLarge as exc:
             raise ApiError(413, "PayloadTooLarge", str(exc), "input") from None
-        return json_response(StartResponse(id=handle.id, status="queued"), 201)
+        started = StartResponse(run_id=handle.run_id, id=handle.run_id, status="queued")
+        return json_response(started, 201)
 
     async def send_event(self, request: Request) -> Response:
         """POST /runs/events."""
@@ -125,11 +129,11 @@ class Endpoints:
         )
 
     async def status(self, request: Request) -> Response:
-        """GET /runs/{id}."""
+        """GET /runs/{run_id}."""
         return json_response(await self.client.status(self._run_id(request)))
 
     async def cancel(self, request: Request) -> Response:
-        """POST /runs/{id}/cancel."""
+        """POST /runs/{run_id}/cancel."""
         run_id = self._run_id(request)
         req = await self._body(request, CancelRequest, optional=True)
         if not await self.client.cancel(run_id, req.reason):
@@ -137,7 +141,7 @@ class Endpoints:
         return json_response(CancelAccepted(run_id=run_id, cancelled=True), 202)
 
     async def pause(self, request: Request) -> Response:
-        """POST /runs/{id}/pause."""
+        """POST /runs/{run_id}/pause."""
         run_id = self._run_id(request)
         req = await self._body(request, PauseRequest, optional=True)
         if not await self.client.pause(run_id, req.reason, by=req.by or "api"):
@@ -145,7 +149,7 @@ class Endpoints:
         return json_response(ControlAccepted(run_id=run_id, paused=True), 202)
 
     async def resume(self, request: Request) -> Response:
-        """POST /runs/{id}/resume."""
+        """POST /runs/{run_id}/resume."""
         run_id = self._run_id(request)
         if not await self.client.resume(run_id):
             raise ApiError(409, "RunEnded", f"run {run_id!r} has already ended")
@@ -172,7 +176,7 @@ class Endpoints:
         return json_response(RunPage(runs=runs, next_cursor=cursor))
 
     async def history(self, request: Request) -> Response:
-        """GET /runs/{id}/history (JSON, or live Server-Sent Events)."""
+        """GET /runs/{run_id}/history (JSON, or live Server-Sent Events)."""
         run_id = self._run_id(request)
         if "text/event-stream" not in request.headers.get("accept", ""):
             entries = [m.to_json() async for m in self.client.history(run_id)]

@@ -30,14 +30,19 @@ class _Body(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class StartRequest(_Body):
-    """Start a run of ``job`` with ``input``; ``id`` makes the start create-once."""
+    """Start a run of ``job`` with ``input``; ``run_id`` makes the start create-once
+    (``id`` is its old name, still accepted)."""
 
     job: JobName
     input: Any = None
+    run_id: RunId | None = None
     id: RunId | None = None
 
 
 class StartResponse(msgspec.Struct, kw_only=True):
+    """The run created: ``run_id`` (``id`` repeats it, its old name)."""
+
+    run_id: str
     id: str
     status: Status
 
@@ -168,7 +173,7 @@ def _body(model: type[Any], *, required: bool = True) -> dict[str, Any]:
 
 
 _ID_PARAM: Final = {
-    "name": "id",
+    "name": "run_id",
     "in": "path",
     "required": True,
     "schema": {"type": "string", "pattern": RUN_ID_PATTERN},
@@ -235,7 +240,7 @@ def openapi(*, secured: bool, version: str) -> dict[str, Any]:
                 '"force": true the event is stored anyway, after the end, and nothing acts on it.',
             )
         },
-        "/runs/{id}": {
+        "/runs/{run_id}": {
             "get": _op(
                 "A run's status",
                 {"200": _json(RunStatus, "what the run is doing"), **_errors(404, 422, 503)},
@@ -243,7 +248,7 @@ def openapi(*, secured: bool, version: str) -> dict[str, Any]:
                 parameters=[_ID_PARAM],
             )
         },
-        "/runs/{id}/history": {
+        "/runs/{run_id}/history": {
             "get": _op(
                 "A run's log; with `Accept: text/event-stream`, followed live until the run ends",
                 {
@@ -271,7 +276,7 @@ def openapi(*, secured: bool, version: str) -> dict[str, Any]:
                 ],
             )
         },
-        "/runs/{id}/cancel": {
+        "/runs/{run_id}/cancel": {
             "post": _op(
                 "Cancel a run",
                 {
@@ -284,7 +289,7 @@ def openapi(*, secured: bool, version: str) -> dict[str, Any]:
                 description="409: the run has already ended.",
             )
         },
-        "/runs/{id}/pause": {
+        "/runs/{run_id}/pause": {
             "post": _op(
                 "Pause a run",
                 {
@@ -297,7 +302,7 @@ def openapi(*, secured: bool, version: str) -> dict[str, Any]:
                 description="No new step starts until a resume; 409: the run has ended.",
             )
         },
-        "/runs/{id}/resume": {
+        "/runs/{run_id}/resume": {
             "post": _op(
                 "Resume a paused run",
                 {

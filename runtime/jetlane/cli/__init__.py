@@ -39,6 +39,7 @@ from .render import Printer, want_json
 from .serve import configure_logging, load_jobs, probe, serve
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_RUN_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a tool whose reader left
 
 
 class CliError(Exception):
@@ -249,7 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
     source = start.add_mutually_exclusive_group()
     source.add_argument("--input", help="input as JSON")
     source.add_argument("--input-file", help="file holding the input as JSON (- for stdin)")
-    start.add_argument("--id", dest="run_id", help="run id (default: a random one)")
+    start.add_argument(
+        "--run-id",
+        "--id",
+        dest="run_id",
+        metavar="RUN_ID",
+        help="the run's id, making the start create-once (default: a random one; "
+        "--id is its old name)",
+    )
     start.add_argument("--wait", action="store_true", help="follow the run until it ends")
     start.add_argument("--timeout", type=float, help="with --wait: give up after SECONDS")
     _switch(
@@ -419,26 +427,26 @@ async def cmd_start(args: argparse.Namespace) -> int:
             raise
         if not args.wait:
             if args.json:
-                printer.emit({"run_id": run.id, "job": args.job})
+                printer.emit({"run_id": run.run_id, "job": args.job})
             else:
-                print(run.id, flush=True)
+                print(run.run_id, flush=True)
             return EXIT_OK
         if json_lines:
-            printer.emit({"run_id": run.id, "job": args.job})
+            printer.emit({"run_id": run.run_id, "job": args.job})
         else:
-            printer.say(f"started run {run.id} of job {args.job}", style="bold")
+            printer.say(f"started run {run.run_id} of job {args.job}", style="bold")
         seen: list[h.Message] = []
         try:
             async with asyncio.timeout(args.timeout):
-                with printer.live(f"run {run.id}: queued"):
-                    async for msg in client.history(run.id, follow=True):
+                with printer.live(f"run {run.run_id}: queued"):
+                    async for msg in client.history(run.run_id, follow=True):
                         seen.append(msg)
                         printer.message(msg)
         except TimeoutError:
-            status = summarize(run.id, seen)
+            status = summarize(run.run_id, seen)
             now = status.status if status is not None else "queued"
-            raise CliError(f"run {run.id} is still {now} after {args.timeout:g}s") from None
-        status = summarize(run.id, seen)
+            raise CliError(f"run {run.run_id} is still {now} after {args.timeout:g}s") from None
+        status = summarize(run.run_id, seen)
         assert status is not None
         if not json_lines:
             printer.status(status)
@@ -628,6 +636,11 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(COMMANDS[args.command](args))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`jetlane history --all | head`): stop quietly, as
+        # Unix tools do, and keep Python from complaining when it flushes stdout.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except CliError as exc:
         return _fail(str(exc), exc.code)
     except (InputError, ConfigError, PayloadTooLarge) as exc:
