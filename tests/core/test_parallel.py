@@ -308,3 +308,30 @@ async def test_first_completed_races_replay_in_the_order_the_log_holds() -> None
     done = await d.advance()
     assert isinstance(done, Finished) and plain(of(d, h.RunCompleted)[0].output) == "fast"
     assert [name for name, _ in d.executed].count("use:fast") == 1
+
+
+async def test_each_parallel_step_function_sees_its_own_step_key() -> None:
+    seen: dict[str, str] = {}
+
+    async def handler(ctx: Context) -> None:
+        def keyed(name: str) -> Any:
+            async def run() -> None:
+                await asyncio.sleep(0)
+                seen[name] = ctx.step_key
+
+            return run
+
+        def sync_keyed(name: str) -> Any:
+            def run() -> None:
+                seen[name] = ctx.step_key
+
+            return run
+
+        await asyncio.gather(
+            *(step.do(f"a{i}", keyed(f"a{i}")) for i in range(3)),
+            *(step.do(f"s{i}", sync_keyed(f"s{i}")) for i in range(3)),
+        )
+
+    d = Driver(job_of(handler))
+    assert isinstance(await d.advance(), Finished)
+    assert seen == {n: f"r1/{n}" for n in ["a0", "a1", "a2", "s0", "s1", "s2"]}

@@ -123,3 +123,19 @@ async def unrecordable(ctx: Context, input: dict[str, str]) -> int:
 
     body = await step.do("post", post)
     return int(body["id"])
+
+
+@job("fan-out")
+async def fan_out(ctx: Context, input: dict[str, Any]) -> list[int]:
+    """``n`` parallel branches, each one step of ``delay`` seconds (issue 12's fan-out)."""
+
+    def work(i: int) -> Any:
+        async def run() -> int:
+            _record(ctx)
+            await asyncio.sleep(float(input.get("delay", 0.2)) * (1 + i % 4))
+            return i
+
+        return run
+
+    n = int(input["n"])
+    return list(await asyncio.gather(*(step.do(f"part:{i}", work(i)) for i in range(n))))
