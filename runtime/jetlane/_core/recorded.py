@@ -48,6 +48,9 @@ class Recorded:
         # step -> where a step whose result could not be recorded was held (its effect
         # happened): it runs again only on a resume input stored after that
         self.held: dict[str, int] = {}
+        # child run id -> the sequence of its first child_ended input
+        self.child_ends: dict[str, int] = {}
+        self.child_end_at: dict[int, h.ChildEnded] = {}
         self.has_timers = False  # any timer_set seen or emitted: a finish purges timers
 
     # -- feeding ----------------------------------------------------------------
@@ -70,6 +73,10 @@ class Recorded:
                 self.event_at[msg.seq] = body
             elif isinstance(body, h.Timer):
                 self.timers.setdefault(body.timer, msg.seq)
+            elif isinstance(body, h.ChildEnded):
+                if body.run_id not in self.child_ends:
+                    self.child_ends[body.run_id] = msg.seq
+                    self.child_end_at[msg.seq] = body
             elif isinstance(body, h.Cancel) and self.cancel is None:
                 self.cancel = (msg.seq, body)
             elif isinstance(body, h.Pause | h.Resume):
