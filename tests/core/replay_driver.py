@@ -89,6 +89,8 @@ class Driver:
         self.unscheduled: list[str] = []
         self.executed: list[tuple[str, int]] = []
         self.decisions: list[Decision] = []
+        # (log length, clock, decision) at the end of each advance
+        self.boundaries: list[tuple[int, datetime, Decision]] = []
         self.children: dict[str, h.Start] = {}  # child runs started (create-once)
         self.sent: list[tuple[str, h.Input]] = []  # inputs sent to other runs
         self._msg_ids: set[str] = set()
@@ -192,6 +194,7 @@ class Driver:
             break
         self._fed = len(self.log)
         self.decisions.append(decision)
+        self.boundaries.append((len(self.log), self.clock.now, decision))
         if isinstance(decision, Park):
             for spec in decision.timers:
                 if spec.rearm:
