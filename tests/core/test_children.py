@@ -331,3 +331,25 @@ async def test_replaying_any_prefix_gives_the_live_decisions() -> None:
     assert summarize("r1", driver.log).status == "completed"  # type: ignore[union-attr]
     assert msgspec.json.decode(h.encode(driver.journal[-1]))["output"]["first"] == 6
     await driver.close()
+
+
+async def test_jetlane_status_shows_parent_and_children() -> None:
+    import io
+
+    from jetlane.cli.render import Printer
+
+    async with Environment(JOBS) as env:
+        await env.start("patient", run_id="w1")
+        out = io.StringIO()
+        Printer(json_lines=False, out=out).status(await env.status("w1"))
+        Printer(json_lines=False, out=out).status(await env.status("the-child"))
+        text = out.getvalue()
+        assert "waiting for child run the-child" in text
+        assert "child    the-child (waits, step child): running" in text
+        assert "parent   w1 (step child)" in text
+        out = io.StringIO()
+        Printer(json_lines=True, out=out).status(await env.status("w1"))
+        shown = msgspec.json.decode(out.getvalue())
+        assert shown["children"] == [
+            {"run_id": "the-child", "step": "child", "job": "waits", "status": "running"}
+        ]
