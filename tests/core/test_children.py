@@ -353,3 +353,20 @@ async def test_jetlane_status_shows_parent_and_children() -> None:
         assert shown["children"] == [
             {"run_id": "the-child", "step": "child", "job": "waits", "status": "running"}
         ]
+
+
+def test_bad_child_kinds_do_not_decode() -> None:
+    from jetlane import DecodeError
+
+    for kind, data in (
+        ("start", b'{"job": "x", "parent": {"run_id": "a.b", "step": "s"}}'),
+        ("child_ended", b'{"run_id": "kid", "status": "exploded"}'),
+        ("child_ended", b'{"run_id": "no spaces", "status": "completed"}'),
+        ("child_ended", b'{"status": "completed"}'),
+    ):
+        with pytest.raises(DecodeError):
+            h.decode(kind, data, direction="in")
+    body = h.decode("start", b'{"job": "x", "parent": {"run_id": "p", "step": "a b#2"}}')
+    assert body == h.Start(job="x", parent=h.Parent(run_id="p", step="a b#2"))
+    # A start with no parent encodes as before (no new key).
+    assert msgspec.json.decode(h.encode(h.Start(job="x", input=1))) == {"job": "x", "input": 1}
