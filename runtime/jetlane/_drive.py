@@ -26,7 +26,9 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, Protocol
 
+from ._core import children
 from ._core import history as h
+from ._core.decisions import CancelChild, NotifyParent, StartChild
 from ._core.errors import FenceLost, JetlaneError
 from ._core.replay import (
     Append,
@@ -72,6 +74,15 @@ class Store(Protocol):
 
     async def unschedule(self, run_id: str, token: str) -> None:
         """Drop a timer (``"*"``: every timer of the run)."""
+        ...
+
+    async def create_once(self, run_id: str, body: h.Start) -> h.Start | None:
+        """Store a run's start unless the run has one; None when stored, else the start
+        the run already has (a child run: ours from before a crash, or another's)."""
+        ...
+
+    async def send_input(self, run_id: str, body: h.Input, msg_id: str) -> None:
+        """Publish an input on a run's inbox, deduplicated by ``msg_id``."""
         ...
 
 
@@ -284,13 +295,26 @@ class Driver:
                     )
                 elif isinstance(effect, Unschedule):
                     await self.store.unschedule(run_id, effect.token)
+                elif isinstance(effect, StartChild):
+                    # The child's start is stored before child_started says so.
+                    found = await self.store.create_once(effect.entry.run_id, effect.start)
+                    entry = children.started_entry(effect, found)
+                    replay.recorded.apply(entry)
+                    await self.append(replay, entry)
+                elif isinstance(effect, CancelChild):
+                    cancel = h.Cancel(reason=effect.reason)
+                    await self.store.send_input(effect.run_id, cancel, f"cancel:{effect.run_id}")
+                elif isinstance(effect, NotifyParent) and replay.terminal is not None:
+                    # Built from the terminal entry as written (a cancel may have won).
+                    ended = children.ended_body(run_id, replay.terminal)
+                    await self.store.send_input(effect.parent, ended, f"child-end:{run_id}")
         except BaseException:
             for sent in scheduled:
                 sent.cancel()  # the drive is failing anyway; do not mask why
             raise
         for sent in scheduled:
             await self.store.confirm(sent)
-        return any(isinstance(effect, Append) for effect in outbox)
+        return any(isinstance(effect, Append | StartChild) for effect in outbox)
 
     async def append(self, replay: Replay, body: h.Journal) -> None:
         """Append, fenced on the whole run; new inputs are read in and the append retried."""

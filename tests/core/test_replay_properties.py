@@ -19,7 +19,16 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jetlane import Context, EventTimeout, NonRetryableError, RetryPolicy, StepFailed, step
+from jetlane import (
+    ChildFailed,
+    ChildTimeout,
+    Context,
+    EventTimeout,
+    NonRetryableError,
+    RetryPolicy,
+    StepFailed,
+    step,
+)
 from jetlane import wire as h
 from jetlane._core.replay import Blocked, Finished, Park
 
@@ -54,7 +63,13 @@ class Value:
     which: str
 
 
-Op = Do | Sleep | Wait | Value
+@dataclass(frozen=True)
+class Invoke:
+    name: str
+    timeout: int | None  # seconds; None: wait for the child as long as it takes
+
+
+Op = Do | Sleep | Wait | Value | Invoke
 names = st.sampled_from(["x", "y", "deploy:prod"])
 types = st.sampled_from(["a", "b"])
 ops = st.one_of(
@@ -62,6 +77,7 @@ ops = st.one_of(
     st.builds(Sleep, names, st.integers(0, 90)),
     st.builds(Wait, names, types, st.integers(1, 90)),
     st.builds(Value, st.sampled_from(["now", "uuid", "random"])),
+    st.builds(Invoke, names, st.none() | st.integers(1, 90)),
 )
 programs = st.lists(ops, min_size=1, max_size=6)
 
@@ -78,6 +94,7 @@ actions = st.lists(
         st.builds(Action, st.just("tick"), st.integers(0, 120)),
         st.builds(Action, st.sampled_from(["early", "dup"])),
         st.builds(Action, st.just("cancel")),
+        st.builds(Action, st.just("child"), st.sampled_from(h.CHILD_STATUSES)),
     ),
     max_size=10,
 )
@@ -106,6 +123,13 @@ def handler_for(program: list[Op], holder: list[Driver]) -> Any:
                     out.append(await step.wait_for_event(op.name, type=op.type, timeout=op.timeout))
                 except EventTimeout:
                     out.append("timeout")
+            elif isinstance(op, Invoke):
+                try:
+                    out.append(await step.invoke(op.name, job="kid", timeout=op.timeout))
+                except ChildFailed as exc:
+                    out.append(f"child:{exc.status}")
+                except ChildTimeout:
+                    out.append("child:timeout")
             else:
                 out.append(str(getattr(ctx, op.which)()))
         return out
@@ -147,6 +171,8 @@ async def scenario(
             d.publish(fired[-1])
         elif act.kind == "cancel":
             d.cancel(f"c{i}")
+        elif act.kind == "child":
+            end_a_child(d, act.arg)
         fired.extend(m.body for m in d.log if isinstance(m.body, h.Timer) and m.body not in fired)
         await advance()
     for _ in range(60):
@@ -154,6 +180,8 @@ async def scenario(
         if isinstance(decision, Finished | Blocked):
             break
         assert isinstance(decision, Park)
+        if end_a_child(d, "completed"):
+            continue  # parked on a child with no timeout: the child ends
         at = d.next_fire_at()
         assert at is not None, f"parked on {decision.step} with no timer"
         d.clock.now = max(d.clock.now, at)
@@ -162,6 +190,17 @@ async def scenario(
         raise AssertionError("the run did not end")
     await d.close()
     return d
+
+
+def end_a_child(d: Driver, status: str) -> bool:
+    """The first child run started whose end the parent has not got ends (with its id
+    as its output); False when there is none."""
+    ended = {m.body.run_id for m in d.log if isinstance(m.body, h.ChildEnded)}
+    child = next((c for c in d.children if c not in ended), None)
+    if child is None:
+        return False
+    d.child_ends(child, child, status=status)
+    return True
 
 
 def encoded(d: Driver) -> list[bytes]:
@@ -179,8 +218,15 @@ def check_journal(d: Driver) -> None:
             outcomes[("done", e.step)] += 1
         elif isinstance(e, h.StepFailed):
             outcomes[("failed", e.step, e.attempt)] += 1
-        elif isinstance(e, h.SleepCompleted | h.EventReceived | h.WaitTimedOut):
+        elif isinstance(
+            e, h.SleepCompleted | h.EventReceived | h.WaitTimedOut | h.ChildResult | h.ChildTimedOut
+        ):
             outcomes[("park", e.step)] += 1
+        elif isinstance(e, h.ChildStarted):
+            outcomes[("child", e.step)] += 1
+        if isinstance(e, h.ChildResult):
+            ended = inputs[e.input_seq]
+            assert isinstance(ended, h.ChildEnded) and ended.run_id == e.run_id
         if isinstance(e, h.EventReceived):
             event = inputs[e.input_seq]
             assert isinstance(event, h.Event) and event.type == e.type
@@ -234,6 +280,30 @@ def test_a_run_that_crashes_anywhere_writes_the_same_journal(
         assert encoded(crashed) == encoded(live)
         # re-executed steps are the only difference: the same attempts, maybe twice
         assert set(crashed.executed) == set(live.executed)
+
+    asyncio.run(main())
+
+
+@SETTINGS
+@given(programs, actions, st.data())
+def test_replay_from_any_prefix_the_run_stopped_at_gives_the_same_decision(
+    program: list[Op], acts: list[Action], data: st.DataObject
+) -> None:
+    crashes = data.draw(st.frozensets(st.integers(0, max(len(acts) - 1, 0))))
+
+    async def main() -> None:
+        d = await scenario(program, acts, crashes, None)
+        full, now = d.log, d.clock.now
+        for length, then, live in d.boundaries:
+            d.log, d.clock.now = full[:length], then
+            decision, appends = await replay_fresh(d)
+            assert appends == [], (length, appends)
+            assert type(decision) is type(live)
+            if isinstance(live, Park):
+                assert isinstance(decision, Park) and decision.step == live.step
+            if isinstance(live, Finished):
+                assert decision == live
+        d.log, d.clock.now = full, now
 
     asyncio.run(main())
 

@@ -121,7 +121,31 @@ class Unschedule:
     token: str  # "*" means every timer of the run
 
 
-Effect = Append | Schedule | Unschedule
+@dataclass(frozen=True)
+class StartChild:
+    """Store the child run's ``start`` (create-once), then append ``entry`` (its
+    ``child_started``; with ``error`` when the run id is another run's)."""
+
+    start: h.Start
+    entry: h.ChildStarted
+
+
+@dataclass(frozen=True)
+class CancelChild:
+    """Publish a ``cancel`` to a child run (idempotent: a message id per child)."""
+
+    run_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class NotifyParent:
+    """Publish the run's end (its terminal entry as written) to its parent's inbox."""
+
+    parent: str
+
+
+Effect = Append | Schedule | Unschedule | StartChild | CancelChild | NotifyParent
 
 
 _hint_cache: dict[Any, Any] = {}

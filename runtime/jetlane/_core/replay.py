@@ -37,6 +37,7 @@ from typing import Any
 import msgspec
 import structlog
 
+from . import children
 from . import history as h
 from .bounds import (
     VALUES_PER_ENTRY,
@@ -125,6 +126,7 @@ class Replay:
         self._new_values: list[Any] = []
         self._armed: set[str] = set()
         self._swept = False
+        self._told = False  # a child's end told to its parent (see children.after_end)
         self._occurrences: dict[str, int] = {}
         self._atoms = 0
         self._task: asyncio.Task[None] | None = None
@@ -278,10 +280,12 @@ class Replay:
     def outdated(self, body: h.Journal) -> bool:
         """Whether an input taken in since ``body`` was decided contradicts it.
 
-        Only a wait's timeout can be: it was decided because no event of its type
+        Only a timeout can be (a wait's, an invoke's): it was decided because no event of its type
         was there, and one stored before the entry is written must win. (An event
         the wait took cannot be overtaken: later inputs come later in the log.)
         """
+        if isinstance(body, h.ChildTimedOut):
+            return body.run_id in self.recorded.child_ends  # the child's end wins
         if not isinstance(body, h.WaitTimedOut):
             return False
         types = tuple(body.types) if body.types is not None else (body.type,)
@@ -298,6 +302,10 @@ class Replay:
                 # failed in the session that wrote it. Purging twice is harmless.
                 self._swept = True
                 self.outbox.append(Unschedule("*"))
+            if not self._told:
+                # Likewise the parent's notice and the children's cancels (idempotent).
+                self._told = True
+                self.outbox.extend(children.after_end(self))
             return Finished(self.terminal)
         if self.recorded.cancel is not None:
             return self._cancel_now(*self.recorded.cancel)
@@ -626,6 +634,8 @@ class Replay:
         if self.recorded.has_timers:
             self._swept = True
             self.outbox.append(Unschedule("*"))
+        self._told = True
+        self.outbox.extend(children.after_end(self))
         return Finished(entry)
 
     def _cancel_now(self, seq: int, cancel: h.Cancel) -> Finished:
@@ -1009,6 +1019,19 @@ class Replay:
             else:
                 fire_at = parse_time(started.timeout_at)
             await self._park(step, token, fire_at, h.Timer(token, step, "wait_timeout"))
+
+    async def invoke(
+        self,
+        name: str,
+        job: str,
+        input: Any,
+        run_id: str | None,
+        timeout: float | None,
+        *,
+        detached: bool = False,
+    ) -> Any:
+        """``step.invoke`` / ``step.start_run``: see ``children``."""
+        return await children.invoke(self, name, job, input, run_id, timeout, detached=detached)
 
     def _payload(self, step: str, seq: int) -> Any:
         """The payload of the event a wait took; one over the size limit fails the step."""
