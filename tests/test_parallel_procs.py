@@ -4,12 +4,14 @@ again."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
-from jetlane import Client, Names
+from jetlane import Client, Context, Names, define_job, step
 from jetlane.embedded import EmbeddedNats
 
-from .helpers import eventually
+from .helpers import StartRunner, eventually
 from .processes import RunnerProcess, executions
 
 
@@ -39,3 +41,39 @@ async def test_sigkill_mid_fan_out_reruns_no_recorded_branch(
     assert sorted(completed) == sorted(parts)
     rerun = [key.split("/", 1)[1] for key in executions(log_b)]
     assert rerun and len(rerun) == len(set(rerun)) and len(rerun) <= 15
+
+
+async def test_parallel_branches_with_timers_and_children_on_a_real_runner(
+    client: Client, start_runner: StartRunner
+) -> None:
+    async def fetch(u: str) -> int:
+        await asyncio.sleep(0.05)
+        return len(u)
+
+    async def fan_out(ctx: Context, urls: list[str]) -> dict[str, Any]:
+        sizes = await asyncio.gather(
+            *(step.do(f"fetch:{u}", lambda u=u: fetch(u)) for u in urls)  # type: ignore[misc]
+        )
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(step.sleep("cool-down", 0.3))
+            ack = tg.create_task(step.wait_for_event("ack", type="ack", timeout="1m"))
+        total = await step.invoke("report", job="par-report", input=list(sizes))
+        decision = await step.wait_for_any("decision", types=["approved", "rejected"])
+        return {"sizes": list(sizes), "ack": ack.result(), "total": total, "by": decision.type}
+
+    async def report(ctx: Context, sizes: list[int]) -> int:
+        return await step.do("sum", lambda: sum(sizes))
+
+    await start_runner(
+        [
+            define_job(name="par-fan-out", handler=fan_out, register=False),
+            define_job(name="par-report", handler=report, register=False),
+        ]
+    )
+    await client.start("par-fan-out", ["a", "bb", "ccc"], run_id="par-1")
+    await client.send_event("par-1", "ack", "ok")
+    await client.send_event("par-1", "rejected", None)
+    result = await client.result("par-1", timeout=30)
+    assert result == {"sizes": [1, 2, 3], "ack": "ok", "total": 6, "by": "rejected"}
+    kinds = [m.kind async for m in client.history("par-1")]
+    assert kinds.count("step_completed") == 3 and kinds.count("sleep_completed") == 1

@@ -23,8 +23,8 @@ def fetch(url: str) -> int:
 
 async def fan_out(ctx: Context, input: Batch) -> list[int]:
     # parallel steps: plain asyncio works; each branch is checkpointed on its own
-    sizes = await asyncio.gather(
-        *(step.do(f"fetch:{u}", lambda u=u: fetch(u)) for u in input.urls)  # type: ignore[misc]
+    sizes = await asyncio.gather(  # type: ignore[var-annotated]
+        *(step.do(f"fetch:{u}", lambda u=u: fetch(u)) for u in input.urls)  # type: ignore[arg-type,misc]
     )
     async with asyncio.TaskGroup() as tg:  # TaskGroup too, with sleeps and waits inside
         tg.create_task(step.sleep("cool-down", "10m"))
