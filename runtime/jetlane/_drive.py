@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -195,12 +196,11 @@ class Driver:
         first_decision: Callable[[], None] | None,
     ) -> Decision:
         reply: Any = None
-        # Whether every input stored up to now has been taken in: true after a fenced
-        # append (which the server refuses when an input came), false once a step has
-        # run. False at first: replaying the handler to its frontier takes time too.
-        synced = False
+        # When every input stored up to then was last known to be taken in: after a
+        # fenced append (which the server refuses when an input came) or a read of the
+        # inbox. Never at first: replaying the handler to its frontier takes time too.
         loop = asyncio.get_running_loop()
-        synced_at = 0.0
+        synced_at = -math.inf
         while True:
             decision = await replay.next(reply)
             reply = None
@@ -208,7 +208,7 @@ class Driver:
                 first_decision()  # a full replay ends at the first decision: the frontier
                 first_decision = None
             if await self.flush(replay):
-                synced, synced_at = True, loop.time()
+                synced_at = loop.time()
             if isinstance(decision, Checkpoint):
                 # The step's outcome is written; a cancel or pause it brought in is
                 # acted on before the handler goes on past the step.
@@ -225,11 +225,13 @@ class Driver:
                 continue
             if not isinstance(decision, Execute):
                 return decision
-            if not synced or loop.time() - synced_at > SYNC_WINDOW:
-                # No fenced append since the last step ran, or the handler's own code
-                # ran a while since: read the inbox, so that a cancel or pause stored
-                # meanwhile is seen before the next step starts.
+            if loop.time() - synced_at > SYNC_WINDOW:
+                # No fenced append or read for a while (a step ran, or the handler's own
+                # code did): read the inbox, so that a cancel or pause stored meanwhile
+                # is seen before the next step starts. Steps of parallel branches started
+                # together share one read.
                 await self.ingest_tail(replay)
+                synced_at = loop.time()
             if replay.cancel_pending:
                 return await self._cancelled(replay)
             if replay.paused:
@@ -244,7 +246,6 @@ class Driver:
                 reply = await self._outcome(replay, running, or_changed=False)
                 continue
             running[decision.step] = asyncio.ensure_future(self.execute(replay, decision))
-            synced = False
 
     async def _outcome(
         self, replay: Replay, running: dict[str, asyncio.Task[Outcome]], *, or_changed: bool

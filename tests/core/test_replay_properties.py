@@ -69,15 +69,54 @@ class Invoke:
     timeout: int | None  # seconds; None: wait for the child as long as it takes
 
 
-Op = Do | Sleep | Wait | Value | Invoke
+@dataclass(frozen=True)
+class WaitAny:
+    name: str
+    types: tuple[str, ...]
+    timeout: int
+
+
+@dataclass(frozen=True)
+class Par:
+    """Branches run at once (``asyncio.gather``, or a ``TaskGroup``); each a list of
+    atoms (no recorded values: those belong to the handler's own task)."""
+
+    branches: tuple[tuple[Any, ...], ...]
+    group: bool
+
+
+@dataclass(frozen=True)
+class Race:
+    """Two atoms raced (``asyncio.wait(FIRST_COMPLETED)``), the loser cancelled; the
+    winner names the step after: a replay must see the same winner."""
+
+    first: Any
+    second: Any
+
+
+Op = Do | Sleep | Wait | Value | Invoke | WaitAny | Par | Race
 names = st.sampled_from(["x", "y", "deploy:prod"])
 types = st.sampled_from(["a", "b"])
-ops = st.one_of(
+atoms = st.one_of(
     st.builds(Do, names, st.frozensets(st.integers(1, 3)), st.booleans(), st.integers(0, 2)),
     st.builds(Sleep, names, st.integers(0, 90)),
     st.builds(Wait, names, types, st.integers(1, 90)),
-    st.builds(Value, st.sampled_from(["now", "uuid", "random"])),
     st.builds(Invoke, names, st.none() | st.integers(1, 90)),
+    st.builds(
+        WaitAny, names, st.sampled_from([("a", "b"), ("b", "a"), ("a",)]), st.integers(1, 90)
+    ),
+)
+ops = st.one_of(
+    atoms,
+    st.builds(Value, st.sampled_from(["now", "uuid", "random"])),
+    st.builds(
+        Par,
+        st.lists(st.lists(atoms, min_size=1, max_size=3).map(tuple), min_size=2, max_size=3).map(
+            tuple
+        ),
+        st.booleans(),
+    ),
+    st.builds(Race, atoms, atoms),
 )
 programs = st.lists(ops, min_size=1, max_size=6)
 
@@ -101,38 +140,68 @@ actions = st.lists(
 
 
 def handler_for(program: list[Op], holder: list[Driver]) -> Any:
-    def outcome(op: Do) -> str:
-        step_id, attempt = holder[0].executed[-1]
+    def outcome(ctx: Context, op: Do) -> str:
+        step_id = ctx.step_key.partition("/")[2]  # this step, even among parallel ones
+        attempt = next(a for s, a in reversed(holder[0].executed) if s == step_id)
         if attempt in op.fails:
             raise (NonRetryableError if op.fatal else RuntimeError)(f"{step_id}@{attempt}")
         return f"{step_id}@{attempt}"
 
-    async def handler(ctx: Context) -> list[Any]:
-        out: list[Any] = []
-        for op in program:
+    async def run(ctx: Context, ops: Any, out: list[Any], where: str) -> list[Any]:
+        for k, op in enumerate(ops):
+            name = f"{getattr(op, 'name', '')}{where}"  # branches name their steps apart
             if isinstance(op, Do):
                 policy = RetryPolicy(limit=op.limit, delay="7s", backoff="linear")
                 try:
-                    out.append(await step.do(op.name, partial(outcome, op), retries=policy))
+                    out.append(await step.do(name, partial(outcome, ctx, op), retries=policy))
                 except StepFailed as exc:
                     out.append(f"failed:{exc.attempts}")
             elif isinstance(op, Sleep):
-                await step.sleep(op.name, op.seconds)
+                await step.sleep(name, op.seconds)
             elif isinstance(op, Wait):
                 try:
-                    out.append(await step.wait_for_event(op.name, type=op.type, timeout=op.timeout))
+                    out.append(await step.wait_for_event(name, type=op.type, timeout=op.timeout))
+                except EventTimeout:
+                    out.append("timeout")
+            elif isinstance(op, WaitAny):
+                try:
+                    got = await step.wait_for_any(name, types=op.types, timeout=op.timeout)
+                    out.append(f"{got.type}:{got.payload}")
                 except EventTimeout:
                     out.append("timeout")
             elif isinstance(op, Invoke):
                 try:
-                    out.append(await step.invoke(op.name, job="kid", timeout=op.timeout))
+                    out.append(await step.invoke(name, job="kid", timeout=op.timeout))
                 except ChildFailed as exc:
                     out.append(f"child:{exc.status}")
                 except ChildTimeout:
                     out.append("child:timeout")
+            elif isinstance(op, Par):
+                branches = [
+                    run(ctx, branch, [], f"{where}/{k}.{b}") for b, branch in enumerate(op.branches)
+                ]
+                if op.group:
+                    async with asyncio.TaskGroup() as tg:
+                        tasks = [tg.create_task(branch) for branch in branches]
+                    out.append([t.result() for t in tasks])
+                else:
+                    out.append(list(await asyncio.gather(*branches)))
+            elif isinstance(op, Race):
+                racers = [
+                    asyncio.ensure_future(run(ctx, [racer], [], f"{where}/{k}.{r}"))
+                    for r, racer in enumerate((op.first, op.second))
+                ]
+                done, pending = await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
+                for loser in pending:
+                    loser.cancel()
+                won = min(r for r, task in enumerate(racers) if task in done)
+                out.append(await step.do(f"won{where}/{k}", lambda won=won: won))  # type: ignore[misc]
             else:
                 out.append(str(getattr(ctx, op.which)()))
         return out
+
+    async def handler(ctx: Context) -> list[Any]:
+        return await run(ctx, program, [], "")
 
     return handler
 

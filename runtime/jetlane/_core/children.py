@@ -151,7 +151,7 @@ async def invoke(
         entries = replay.recorded.entries(step)
         started = next((e for e in entries if isinstance(e, h.ChildStarted)), None)
         if started is None:
-            await replay._live()
+            await replay._live(step)
             timeout_at = None
             if timeout is not None:
                 timeout_at = format_time(replay.clock() + timedelta(seconds=timeout))
@@ -193,7 +193,7 @@ async def invoke(
                     # cancelling twice is harmless.
                     replay.outbox.append(CancelChild(started.run_id, _gave_up(step)))
                 raise ChildTimeout(step, started.run_id)
-        await replay._live()
+        await replay._live(step)
         seq = replay.recorded.child_ends.get(started.run_id)
         if seq is not None:
             # A child's end stored before the runner decides wins, even at the deadline.

@@ -75,6 +75,7 @@ class Recorded:
         # go past it (a result, a final failure, a sleep's or wait's end): parallel
         # branches are handed these in log order on replay, as the live run was
         self.proceeds: dict[str, int] = {}
+        self.wait_started_at: dict[str, int] = {}  # step -> its wait_started, as read
 
     # -- feeding ----------------------------------------------------------------
 
@@ -88,6 +89,8 @@ class Recorded:
             body = msg.body
             if proceeds(body):
                 self.proceeds[body.step] = msg.seq
+            elif isinstance(body, h.WaitStarted):
+                self.wait_started_at[body.step] = msg.seq
         elif msg.seq > self.last_seq:
             self.inputs += 1
             body = msg.body

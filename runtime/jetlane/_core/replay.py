@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import contextvars
 import heapq
+import math
 import os
 from collections import deque
 from collections.abc import Callable
@@ -150,7 +151,13 @@ class Replay:
         self._unconsumed: list[int] = []  # heap of recorded proceed sequences not yet used
         self._consumed: set[int] = set()
         self._turns: dict[int, asyncio.Future[None]] = {}  # proceed seq -> waiting branch
-        self._gate: list[asyncio.Future[None]] = []  # branches waiting for the replay's end
+        # branches (by the step they are at) waiting for the replay's end
+        self._gate: list[tuple[str, asyncio.Future[None]]] = []
+        self._replayed = False  # the gate has opened: what branches do now is new
+        # Waits of parallel branches that have started: step -> (order, types). An event
+        # several of them could take goes to the one that started first.
+        self._open_waits: dict[str, tuple[tuple[float, int], tuple[str, ...]]] = {}
+        self._emitted = 0
         self._blocked: Blocked | None = None
         # The engine's unwinding of the handler (a divergence, a held step), kept so that
         # handler code that catches it (a bare ``except:``) cannot run on past it.
@@ -386,7 +393,10 @@ class Replay:
         if isinstance(handed, Checkpoint):
             released, self._checkpoints = self._checkpoints, []
         elif isinstance(handed, Park):
+            # In a fixed order (by step), so that branches woken together act in the
+            # same order live and on replay.
             released, self._parked = self._parked, []
+            released.sort(key=lambda r: getattr(r.decision, "step", ""))
         else:
             return  # an Execute was started, or the handler may have asked something
         for request in released:
@@ -408,17 +418,24 @@ class Replay:
                 continue
             if self._executing:
                 return Waiting()
+            self._parked = [r for r in self._parked if not r.future.done()]  # cancelled
             if self._parked:
-                self._handed = park = Park(
-                    self._parked[0].decision.step,  # type: ignore[union-attr]
-                    tuple(t for r in self._parked for t in r.decision.timers),  # type: ignore[union-attr]
-                )
+                self._handed = park = self._merged_park()
                 return park
             if self._final is not None:
                 return self._final
             # Nothing asked: the handler's code awaits something else (I/O in the
             # function lane, before its first atom): wait for its next request or end.
             await self.changed()
+
+    def _merged_park(self) -> Park:
+        """One ``Park`` for every parked branch: all their timers, named after the step
+        whose timer comes first (the same live and on replay, whatever order they parked)."""
+        parks = [r.decision for r in self._parked if isinstance(r.decision, Park)]
+        timers = tuple(t for p in parks for t in p.timers)
+        late = datetime.max.replace(tzinfo=UTC)
+        first = min(parks, key=lambda p: (min((t.fire_at for t in p.timers), default=late), p.step))
+        return Park(first.step, timers)
 
     def _hand_out(self) -> Decision | None:
         """The next pending request as a decision (None: it was dealt with here)."""
@@ -482,8 +499,9 @@ class Replay:
             if not waiter.done():
                 waiter.set_result(None)
                 moved = True
+        self._replayed = True
         gate, self._gate = self._gate, []
-        for waiter in gate:
+        for _, waiter in sorted(gate, key=lambda g: g[0]):  # in a fixed order: by step
             if not waiter.done():
                 waiter.set_result(None)
                 moved = True
@@ -503,17 +521,15 @@ class Replay:
         self._poke()
         await waiter
 
-    async def _live(self) -> None:
+    async def _live(self, step: str) -> None:
         """Before a branch does something new (runs a step, writes an entry): wait
         until every recorded outcome has been handed out (parallel branches only)."""
-        if not self._concurrent:
+        if not self._concurrent or self._replayed:
             return
-        while self._unconsumed and self._unconsumed[0] in self._consumed:
-            heapq.heappop(self._unconsumed)
-        if not self._unconsumed and not self._turns:
-            return
+        # The first time, every branch waits here until the handler is quiet and every
+        # recorded outcome handed out; then all go on together, in a fixed order.
         waiter = asyncio.get_running_loop().create_future()
-        self._gate.append(waiter)
+        self._gate.append((step, waiter))
         self._poke()
         await waiter
 
@@ -534,7 +550,7 @@ class Replay:
         """``close``, and wait until the handler task has ended."""
         self.close()
         for task in [*self._branches, *([self._task] if self._task is not None else [])]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            with contextlib.suppress(BaseException):  # an unwinding a branch ended with
                 await task
 
     async def _main(self, value: Any) -> None:
@@ -852,7 +868,7 @@ class Replay:
             if isinstance(last, h.StepFailed) and last.retry_at is None:
                 await self._turn(step)
                 raise StepFailed(step, last.attempt, last.error.type, last.error.message)
-            await self._live()
+            await self._live(step)
             if isinstance(last, h.StepFailed) and last.retry_at is not None:
                 token = timer_token(step, "retry", last.attempt)
                 retry_at = parse_time(last.retry_at)
@@ -948,7 +964,7 @@ class Replay:
             if any(isinstance(e, h.SleepCompleted) for e in entries):
                 await self._turn(step)
                 return
-            await self._live()
+            await self._live(step)
             timer_set = next((e for e in entries if isinstance(e, h.TimerSet)), None)
             if timer_set is None:
                 now = self.clock()
@@ -981,6 +997,50 @@ class Replay:
     ) -> tuple[str, int]:
         """Park until an event of one of ``types``: its step id and input sequence."""
         step = self.enter(name, "wait_any" if any_of else "wait")
+        try:
+            return await self._waiting(step, types, timeout, any_of)
+        finally:
+            self._open_waits.pop(step, None)
+
+    def _opened(self, step: str, types: tuple[str, ...]) -> None:
+        """Note that ``step``'s wait has started (its wait_started is recorded)."""
+        if step in self._open_waits:
+            return
+        seq = self.recorded.wait_started_at.get(step)
+        if seq is not None:
+            key: tuple[float, int] = (seq, 0)
+        else:  # written in this session: after everything read, in the order written
+            self._emitted += 1
+            key = (self.recorded.last_seq + 0.5, self._emitted)
+        self._open_waits[step] = (key, types)
+
+    def _event_for(self, step: str, types: tuple[str, ...]) -> int | None:
+        """The event this wait takes: the earliest of its types that no wait started
+        before it (in another branch) takes first; the same live and on replay."""
+        if not self._open_waits or list(self._open_waits) == [step]:
+            return self.recorded.next_event(types)
+        waits = sorted((key, s, t) for s, (key, t) in self._open_waits.items())
+        if step not in self._open_waits:
+            waits.append(((math.inf, 0), step, types))  # starting now: after the others
+        taken: set[int] = set()
+        for _, other, wanted in waits:
+            seq = next(
+                (
+                    q
+                    for q, e in self.recorded.events
+                    if e.type in wanted and q not in self.recorded.consumed and q not in taken
+                ),
+                None,
+            )
+            if other == step:
+                return seq
+            if seq is not None:
+                taken.add(seq)
+        return None
+
+    async def _waiting(
+        self, step: str, types: tuple[str, ...], timeout: float, any_of: bool
+    ) -> tuple[str, int]:
         token = timer_token(step, "wait_timeout", 1)
         marked = list(types) if any_of else None  # what marks a wait_for_any on the wire
         while True:
@@ -995,8 +1055,9 @@ class Replay:
                     raise EventTimeout(step, types[0], types if any_of else None)
                 if isinstance(entry, h.WaitStarted):
                     started = entry
-            await self._live()
-            event_seq = self.recorded.next_event(types)
+                    self._opened(step, types)
+            await self._live(step)
+            event_seq = self._event_for(step, types)
             if event_seq is not None:
                 # An event stored before the runner decides wins, even at the deadline.
                 taken = self.recorded.event_at[event_seq].type
@@ -1014,6 +1075,7 @@ class Replay:
                 self._schedule(step, "wait_timeout", 1, timeout_at)
                 at = format_time(timeout_at)
                 self._emit(h.WaitStarted(step=step, type=types[0], timeout_at=at, types=marked))
+                self._opened(step, types)
                 self._emit(h.TimerSet(step=step, timer=token, fire_at=at, purpose="wait_timeout"))
                 fire_at = timeout_at
             else:
