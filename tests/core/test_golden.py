@@ -216,3 +216,66 @@ async def test_every_parked_prefix_of_the_golden_parent_replays_to_a_park() -> N
             core.close()
             parks += 1
     assert parks >= 3
+
+
+# -- parallel branches (jetlane 0.3) ------------------------------------------------
+#
+# ``golden/parallel_v1.json`` was written by ``fan_out`` through the in-memory driver:
+# three parallel steps that finished in another order than they started (the journal
+# holds them as they finished), a TaskGroup with a sleep and a wait_for_any answered by
+# an event, completion. No new kinds: parallel branches are ordinary entries.
+
+
+async def fan_out(ctx: Context, input: dict[str, Any]) -> dict[str, Any]:
+    import asyncio
+
+    async def fetch(url: str) -> int:
+        await asyncio.sleep({"a": 0.03, "b": 0.0, "c": 0.015}[url])
+        return len(url) * 10
+
+    sizes = await asyncio.gather(*(step.do(f"fetch:{u}", partial(fetch, u)) for u in "abc"))
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(step.sleep("cool-down", "10m"))
+        decided = tg.create_task(
+            step.wait_for_any("decision", types=["approved", "rejected"], timeout="1h")
+        )
+    decision = decided.result()
+    return {"sizes": list(sizes), "decision": decision.type, "by": decision.payload}
+
+
+FAN_OUT = job_of(fan_out, name="fan-out")
+
+
+def test_golden_parallel_history_holds_outcomes_in_the_order_they_finished() -> None:
+    messages = load("parallel_v1.json")
+    assert "invalid" not in [m.kind for m in messages]
+    done = [m.body.step for m in messages if isinstance(m.body, h.StepCompleted)]
+    assert done == ["fetch:b", "fetch:c", "fetch:a"]
+    (took,) = [m.body for m in messages if isinstance(m.body, h.EventReceived)]
+    assert took.types == ["approved", "rejected"] and took.type == "approved"
+    status = summarize("fan-1", messages)
+    assert status is not None and status.status == "completed"
+
+
+async def test_golden_parallel_history_replays_to_its_end_and_parks_at_each_input() -> None:
+    messages = load("parallel_v1.json")
+    last = max(i for i, m in enumerate(messages) if m.direction == "out")
+    core = Replay(FAN_OUT, "fan-1", clock=FakeClock(), entropy=entropy)
+    for msg in messages[:last]:
+        core.ingest(msg)
+    decision = await core.next(None)
+    assert isinstance(decision, Finished) and isinstance(decision.entry, h.RunCompleted)
+    (entry,) = [e.body for e in core.outbox if isinstance(e, Append)]
+    assert plain(entry.output) == {"sizes": [10, 10, 10], "decision": "approved", "by": "ada"}
+    await core.aclose()
+    parks = 0
+    for cut, msg in enumerate(messages):
+        if msg.direction == "in" and msg.kind in ("timer", "event"):
+            core = Replay(FAN_OUT, "fan-1", clock=FakeClock(), entropy=entropy)
+            for m in messages[:cut]:
+                core.ingest(m)
+            decision = await core.next(None)
+            assert isinstance(decision, Park) and core.outbox == [], (cut, decision)
+            await core.aclose()
+            parks += 1
+    assert parks >= 2
