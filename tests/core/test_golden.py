@@ -266,6 +266,7 @@ async def test_golden_parallel_history_replays_to_its_end_and_parks_at_each_inpu
     decision = await core.next(None)
     assert isinstance(decision, Finished) and isinstance(decision.entry, h.RunCompleted)
     (entry,) = [e.body for e in core.outbox if isinstance(e, Append)]
+    assert isinstance(entry, h.RunCompleted)
     assert plain(entry.output) == {"sizes": [10, 10, 10], "decision": "approved", "by": "ada"}
     await core.aclose()
     parks = 0
