@@ -567,6 +567,8 @@ class Replay:
             if task is not None and task.cancelling():
                 raise  # close(): the driver dropped the handler
             raised = exc
+        except GeneratorExit:
+            raise  # the suspended handler is garbage-collected: no decision to make
         except BaseException as exc:
             # Exception, and also SystemExit/KeyboardInterrupt raised by handler code:
             # the run must get a decision, or its session would wait forever.
