@@ -369,3 +369,66 @@ async def test_each_parallel_step_function_sees_its_own_step_key() -> None:
     d = Driver(job_of(handler))
     assert isinstance(await d.advance(), Finished)
     assert seen == {n: f"r1/{n}" for n in ["a0", "a1", "a2", "s0", "s1", "s2"]}
+
+
+async def test_create_task_then_an_atom_in_the_handler_replays() -> None:
+    async def slow() -> str:
+        await asyncio.sleep(0.02)
+        return "y"
+
+    async def handler(ctx: Context) -> list[str]:
+        x = asyncio.create_task(step.do("x", lambda: "x"))
+        y = await step.do("y", slow)  # the handler's own atom, before x's branch ran
+        return [await x, y]
+
+    d = Driver(job_of(handler))
+    assert isinstance(await d.advance(), Finished)
+    assert [e.step for e in of(d, h.StepCompleted)] == ["x", "y"]  # x finished first
+    d.log = [m for m in d.log if not isinstance(m.body, h.RunCompleted)]
+    await d.crash()
+    done = await d.advance()
+    assert isinstance(done, Finished), done
+    assert plain(of(d, h.RunCompleted)[0].output) == ["x", "y"]
+    assert sorted(d.executed) == [("x", 1), ("y", 1)]  # neither ran again
+
+
+async def test_create_task_history_cut_after_the_branch_step_replays() -> None:
+    # A crash after x's outcome was written and before y's: y runs again, x does not.
+    async def slow() -> str:
+        await asyncio.sleep(0.02)
+        return "y"
+
+    async def handler(ctx: Context) -> list[str]:
+        x = asyncio.create_task(step.do("x", lambda: "x"))
+        y = await step.do("y", slow)
+        return [await x, y]
+
+    d = Driver(job_of(handler))
+    assert isinstance(await d.advance(), Finished)
+    cut = next(i for i, m in enumerate(d.log) if isinstance(m.body, h.StepCompleted)) + 1
+    d.log = d.log[:cut]
+    d.executed = []
+    await d.crash()
+    done = await d.advance()
+    assert isinstance(done, Finished), done
+    assert d.executed == [("y", 1)]
+    assert plain(of(d, h.RunCompleted)[0].output) == ["x", "y"]
+
+
+async def test_sequential_code_that_swapped_two_steps_still_blocks() -> None:
+    async def old(ctx: Context) -> None:
+        await step.do("a", lambda: 1)
+        await step.do("b", lambda: 2)
+
+    async def new(ctx: Context) -> None:
+        await step.do("b", lambda: 2)
+        await step.do("a", lambda: 1)
+
+    d = Driver(job_of(old))
+    assert isinstance(await d.advance(), Finished)
+    d.log = [m for m in d.log if not isinstance(m.body, h.RunCompleted)]
+    d.job = job_of(new)
+    await d.crash()
+    blocked = await d.advance()
+    assert isinstance(blocked, Blocked) and blocked.error.type == "NonDeterminismError"
+    assert "step #1 is recorded as step.do('a')" in blocked.error.message
