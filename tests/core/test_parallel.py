@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from hypothesis import given, settings
@@ -432,3 +433,57 @@ async def test_sequential_code_that_swapped_two_steps_still_blocks() -> None:
     blocked = await d.advance()
     assert isinstance(blocked, Blocked) and blocked.error.type == "NonDeterminismError"
     assert "step #1 is recorded as step.do('a')" in blocked.error.message
+
+
+async def test_a_pause_mid_fan_out_parks_only_once_the_steps_in_flight_are_recorded() -> None:
+    # An outcome handed to its branch was once not yet recorded when the next request
+    # (a held Execute) made a paused run park: the park left it unwritten in memory.
+    started: list[str] = []
+    d: Driver
+
+    def fn(i: int) -> Callable[[], Awaitable[int]]:
+        async def run() -> int:
+            started.append(f"s{i}")
+            if i == 2:
+                d.publish(h.Pause())  # taken in at the next fenced append
+            await asyncio.sleep(0.002)
+            return i
+
+        return run
+
+    async def handler(ctx: Context) -> int:
+        return sum(await asyncio.gather(*(step.do(f"s{i}", fn(i)) for i in range(20))))
+
+    d = Driver(define_job(name="t", handler=handler, max_parallel=4, register=False))
+    assert isinstance(await d.advance(), Park)
+    assert len(started) < 20  # the pause held the rest
+    assert sorted(e.step for e in of(d, h.StepCompleted)) == sorted(started)
+    d.publish(h.Resume())
+    assert isinstance(await d.advance(), Finished)
+    assert sorted(started) == sorted(f"s{i}" for i in range(20))  # each ran once
+    assert plain(of(d, h.RunCompleted)[0].output) == sum(range(20))
+
+
+async def test_a_cancel_taken_in_mid_fan_out_starts_no_further_step() -> None:
+    started: list[str] = []
+    d: Driver
+
+    def fn(i: int) -> Callable[[], Awaitable[int]]:
+        async def run() -> int:
+            started.append(f"s{i}")
+            if i == 0:
+                d.cancel("stop")  # stored while the first 8 are in flight
+            await asyncio.sleep(0.001 * (i % 3))
+            return i
+
+        return run
+
+    async def handler(ctx: Context) -> None:
+        await asyncio.gather(*(step.do(f"s{i}", fn(i)) for i in range(40)))
+        await step.do("after", fn(99))
+
+    d = Driver(define_job(name="t", handler=handler, max_parallel=8, register=False))
+    done = await d.advance()
+    assert isinstance(done, Finished) and isinstance(done.entry, h.RunCancelled)
+    # The cancel is taken in at the first fenced append, before any slot is refilled.
+    assert len(started) == 8 and "s99" not in started

@@ -142,6 +142,7 @@ class Replay:
         self._final: Decision | None = None  # how the handler ended, once it has
         self._changed: asyncio.Future[None] | None = None  # the handler asked something
         self._activity = 0  # counts the handler's requests, turns and branch ends
+        self._woken = False  # an outcome was handed to its branch since the last settle
         self._drained: asyncio.Future[None] | None = None  # the end waits for steps
         # Parallel branches: who uses which step name, and replay in log order.
         self._owner: dict[str, asyncio.Task[Any]] = {}
@@ -382,6 +383,7 @@ class Replay:
                 raise RuntimeError(f"an outcome for step {reply.step!r}, which is not executing")
             if not request.future.done():
                 request.future.set_result(reply)
+                self._woken = True  # its branch records the outcome before what comes next
             else:
                 # Its branch was cancelled (a TaskGroup sibling failed): the effect
                 # happened all the same, so the outcome is recorded honestly.
@@ -472,13 +474,18 @@ class Replay:
         a loop iteration or two (one more per task it wakes in turn: gather, TaskGroup).
         Quiet means a few iterations in a row with no request, turn or branch end.
         """
-        if self._pending:
+        # A branch just handed a step's outcome runs first: it records the outcome and
+        # asks its next request, so that the entry is in the outbox before the decision
+        # (another step started, or a Park that a paused run returns) is acted on.
+        woken, self._woken = self._woken, False
+        if self._pending and not woken:
             return
+        start = self._activity
         idle = 0
         while idle < QUIET_ITERATIONS:
             before = self._activity
             await asyncio.sleep(0)
-            if self._pending:
+            if self._pending and (not woken or self._activity != start):
                 return
             idle = idle + 1 if self._activity == before else 0
 
