@@ -23,6 +23,7 @@ import asyncio
 import dataclasses
 import math
 import re
+from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, Protocol
@@ -105,6 +106,36 @@ class Outdated(Exception):
 Execute_ = Callable[[Replay, Execute], Awaitable[Outcome]]
 
 
+class _InFlight:
+    """The steps a drive is executing, and which have finished, in the order they did."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, asyncio.Task[Outcome]] = {}
+        self.finished: deque[str] = deque()
+        self._wake: asyncio.Future[None] | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.tasks)
+
+    def start(self, step: str, attempt: Awaitable[Outcome]) -> None:
+        task = asyncio.ensure_future(attempt)
+        self.tasks[step] = task
+        task.add_done_callback(lambda _: self._done(step))
+
+    def _done(self, step: str) -> None:
+        if step not in self.tasks:
+            return  # abandoned (the drive ended and cancelled it)
+        self.finished.append(step)
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    def wake(self) -> asyncio.Future[None]:
+        """A future done once a step in flight finishes."""
+        if self._wake is None or self._wake.done():
+            self._wake = asyncio.get_running_loop().create_future()
+        return self._wake
+
+
 class Driver:
     """Runs the drive loop over ``store``; ``execute`` runs one step attempt."""
 
@@ -182,17 +213,17 @@ class Driver:
     ) -> Decision:
         """Execute steps (several at once for parallel branches) until the core's
         decision is neither a step to run nor a wait for one."""
-        running: dict[str, asyncio.Task[Outcome]] = {}
+        running = _InFlight()
         try:
             return await self._drive(replay, running, first_decision)
         finally:
-            for task in running.values():
+            for task in running.tasks.values():
                 task.cancel()  # a run that ended, blocked or failed: abandon the rest
 
     async def _drive(
         self,
         replay: Replay,
-        running: dict[str, asyncio.Task[Outcome]],
+        running: _InFlight,
         first_decision: Callable[[], None] | None,
     ) -> Decision:
         reply: Any = None
@@ -245,25 +276,28 @@ class Driver:
                     raise Handback
                 reply = await self._outcome(replay, running, or_changed=False)
                 continue
-            running[decision.step] = asyncio.ensure_future(self.execute(replay, decision))
+            running.start(decision.step, self.execute(replay, decision))
 
     async def _outcome(
-        self, replay: Replay, running: dict[str, asyncio.Task[Outcome]], *, or_changed: bool
+        self, replay: Replay, running: _InFlight, *, or_changed: bool
     ) -> Outcome | None:
         """The outcome of the first step in flight to finish (tagged with its step), or
         None when the handler asked something new first (``or_changed``)."""
-        waits: set[asyncio.Future[Any]] = set(running.values())
-        changed = replay.changed() if or_changed else None
-        if changed is not None:
-            waits.add(changed)
-        if not waits:
+        if not running and not or_changed:
             raise RuntimeError("the core waits for steps, but none is executing")
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        for step, task in running.items():
-            if task.done():
-                del running[step]
-                return dataclasses.replace(task.result(), step=step)
-        return None
+        if not running.finished:
+            # Wait on one future, not on every task in flight: a wide fan-out would
+            # otherwise cost a callback per task per outcome (quadratic).
+            wake = running.wake()
+            waits: set[asyncio.Future[Any]] = {wake}
+            if or_changed:
+                waits.add(replay.changed())
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        if not running.finished:
+            return None
+        step = running.finished.popleft()
+        task = running.tasks.pop(step)
+        return dataclasses.replace(task.result(), step=step)
 
     async def _cancelled(self, replay: Replay) -> Decision:
         decision = await replay.next(None)  # the cancel ends the run

@@ -142,11 +142,15 @@ class Replay:
         self._final: Decision | None = None  # how the handler ended, once it has
         self._changed: asyncio.Future[None] | None = None  # the handler asked something
         self._activity = 0  # counts the handler's requests, turns and branch ends
+        self._woken = False  # an outcome was handed to its branch since the last settle
         self._drained: asyncio.Future[None] | None = None  # the end waits for steps
         # Parallel branches: who uses which step name, and replay in log order.
         self._owner: dict[str, asyncio.Task[Any]] = {}
         self._branches: set[asyncio.Task[Any]] = set()  # tasks other than the handler's
         self._concurrent = False  # a second task called an atom
+        # A positional mismatch in the handler's own task, not yet a divergence: (step,
+        # atom, the divergence it is unless a branch calls an atom first; see _confirm)
+        self._suspect: tuple[str, str, Diverged] | None = None
         self._entered: set[str] = set()
         self._unconsumed: list[int] = []  # heap of recorded proceed sequences not yet used
         self._consumed: set[int] = set()
@@ -379,6 +383,7 @@ class Replay:
                 raise RuntimeError(f"an outcome for step {reply.step!r}, which is not executing")
             if not request.future.done():
                 request.future.set_result(reply)
+                self._woken = True  # its branch records the outcome before what comes next
             else:
                 # Its branch was cancelled (a TaskGroup sibling failed): the effect
                 # happened all the same, so the outcome is recorded honestly.
@@ -469,13 +474,18 @@ class Replay:
         a loop iteration or two (one more per task it wakes in turn: gather, TaskGroup).
         Quiet means a few iterations in a row with no request, turn or branch end.
         """
-        if self._pending:
+        # A branch just handed a step's outcome runs first: it records the outcome and
+        # asks its next request, so that the entry is in the outbox before the decision
+        # (another step started, or a Park that a paused run returns) is acted on.
+        woken, self._woken = self._woken, False
+        if self._pending and not woken:
             return
+        start = self._activity
         idle = 0
         while idle < QUIET_ITERATIONS:
             before = self._activity
             await asyncio.sleep(0)
-            if self._pending:
+            if self._pending and (not woken or self._activity != start):
                 return
             idle = idle + 1 if self._activity == before else 0
 
@@ -510,6 +520,7 @@ class Replay:
     async def _turn(self, step: str) -> None:
         """Before a branch goes past ``step`` on a recorded outcome: wait until every
         outcome recorded before it has been handed out (parallel branches only)."""
+        await self._confirm(step)
         seq = self.recorded.proceeds.get(step)
         if seq is None or seq in self._consumed:
             return
@@ -524,6 +535,7 @@ class Replay:
     async def _live(self, step: str) -> None:
         """Before a branch does something new (runs a step, writes an entry): wait
         until every recorded outcome has been handed out (parallel branches only)."""
+        await self._confirm(step)
         if not self._concurrent or self._replayed:
             return
         # The first time, every branch waits here until the handler is quiet and every
@@ -751,28 +763,21 @@ class Replay:
         if self._concurrent:
             # Branches interleave differently live and on replay, so positions say
             # nothing: a step is checked by its id (and the end, for steps never reached).
-            recorded_step = self.recorded.steps.get(step)
-            if recorded_step is not None and recorded_step.atom != atom:
-                raise self._unwind(
-                    Diverged(
-                        step,
-                        f"step {step!r} is recorded as {ATOM_CALL[recorded_step.atom]}"
-                        f"({base_name(step)!r}), but the code now calls {ATOM_CALL[atom]}"
-                        f"({name!r})" + ADVICE,
-                    )
-                )
+            self._check_by_id(step, atom)
         elif index < len(self.recorded.order):
             recorded = self.recorded.order[index]
             rec_atom = self.recorded.steps[recorded].atom
             if (recorded, rec_atom) != (step, atom):
-                raise self._unwind(
-                    Diverged(
-                        step,
-                        f"step #{index + 1} is recorded as {ATOM_CALL[rec_atom]}"
-                        f"({base_name(recorded)!r}) (step id {recorded!r}), but the code now calls "
-                        f"{ATOM_CALL[atom]}({name!r}) (step id {step!r})" + ADVICE,
-                    )
+                stop = Diverged(
+                    step,
+                    f"step #{index + 1} is recorded as {ATOM_CALL[rec_atom]}"
+                    f"({base_name(recorded)!r}) (step id {recorded!r}), but the code now calls "
+                    f"{ATOM_CALL[atom]}({name!r}) (step id {step!r})" + ADVICE,
                 )
+                # The handler may have created a task (asyncio.create_task) that has not
+                # run yet: live, its step was recorded first. Decided in ``_confirm``, once
+                # such branches have had the chance to call their atoms.
+                self._suspect = (step, atom, stop)
         elif (held := self.recorded.held_at_frontier()) is not None and (held, "do") != (
             step,
             atom,
@@ -791,6 +796,34 @@ class Replay:
             )
         self.current_step = step
         return step
+
+    def _check_by_id(self, step: str, atom: str) -> None:
+        recorded_step = self.recorded.steps.get(step)
+        if recorded_step is not None and recorded_step.atom != atom:
+            raise self._unwind(
+                Diverged(
+                    step,
+                    f"step {step!r} is recorded as {ATOM_CALL[recorded_step.atom]}"
+                    f"({base_name(step)!r}), but the code now calls {ATOM_CALL[atom]}"
+                    f"({base_name(step)!r})" + ADVICE,
+                )
+            )
+
+    async def _confirm(self, step: str) -> None:
+        """A positional mismatch at ``step`` (see ``enter``) is a divergence unless a
+        branch of the handler calls an atom meanwhile: then steps are matched by id."""
+        suspect = self._suspect
+        if suspect is None or suspect[0] != step:
+            return
+        self._suspect = None
+        for _ in range(QUIET_ITERATIONS):
+            if self._concurrent:
+                break
+            self._poke()  # not quiet: the handler is still deciding
+            await asyncio.sleep(0)
+        if not self._concurrent:
+            raise self._unwind(suspect[2])
+        self._check_by_id(step, suspect[1])
 
     def _branch_enters(self, name: str) -> None:
         """Note which task uses step name ``name``: one name, one branch."""
