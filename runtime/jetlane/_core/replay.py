@@ -411,6 +411,18 @@ class Replay:
     async def _decide(self) -> Decision:
         """Let the handler run until it asks something the driver must act on."""
         while True:
+            if (
+                not self._concurrent
+                and self._executing
+                and not self._pending
+                and not self._woken
+                and self._final is None
+                and not (self._turns or self._unconsumed or self._gate)
+            ):
+                # One branch, its step running: wait for its outcome (or a new request:
+                # the driver also waits on changed()). No need to let the handler settle.
+                # (Parallel branches settle first, so steps start in the same order.)
+                return Waiting()
             await self._settle()
             if self._final is not None and not self._executing:
                 return self._final
