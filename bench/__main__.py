@@ -33,6 +33,8 @@ from . import (
     w5_parked,
     w6_read,
     w7_sporadic,
+    w8_fanout,
+    w9_children,
 )
 from ._harness import Bench, Settings
 
@@ -44,6 +46,8 @@ WORKLOADS: dict[str, Callable[[Bench], Awaitable[None]]] = {
     "W5": w5_parked.run,
     "W6": w6_read.run,
     "W7": w7_sporadic.run,
+    "W8": w8_fanout.run,
+    "W9": w9_children.run,
 }
 
 

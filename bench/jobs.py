@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -52,6 +53,31 @@ async def parked(ctx: Context, input: dict[str, Any]) -> None:
         await step.wait_for_event("go", type="go", timeout="1h")
     else:
         await step.sleep("nap", float(input["seconds"]))
+
+
+@register("bench-fan-out", max_parallel=1000)
+async def fan_out(ctx: Context, input: dict[str, Any]) -> int:
+    """``n`` parallel no-op steps (or steps that sleep ``sleep`` seconds) (W8)."""
+    seconds = float(input.get("sleep", 0))
+
+    async def nap() -> None:
+        await asyncio.sleep(seconds)
+
+    fn = nap if seconds else noop
+    done = await asyncio.gather(*(step.do(f"p{i}", fn) for i in range(int(input["n"]))))
+    return len(done)
+
+
+@register("bench-parent")
+async def parent(ctx: Context, input: dict[str, Any]) -> Any:
+    """Invoke one child run and return its output (W9)."""
+    return await step.invoke("child", job="bench-child", input=input)
+
+
+@register("bench-child")
+async def child(ctx: Context, input: dict[str, Any]) -> int:
+    await step.do("s", noop)
+    return 1
 
 
 def jobs() -> dict[str, Job]:

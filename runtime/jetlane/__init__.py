@@ -13,6 +13,8 @@ from ._core.definition import RetryPolicy as RetryPolicy
 from ._core.definition import define_job as define_job
 from ._core.definition import job as job
 from ._core.definition import registry as registry
+from ._core.errors import ChildFailed as ChildFailed
+from ._core.errors import ChildTimeout as ChildTimeout
 from ._core.errors import ConfigError as ConfigError
 from ._core.errors import ConnectError as ConnectError
 from ._core.errors import DecodeError as DecodeError
@@ -43,6 +45,8 @@ from ._runner import Runner as Runner
 from ._runner import RunnerConfig as RunnerConfig
 
 __all__ = [
+    "ChildFailed",
+    "ChildTimeout",
     "Client",
     "ConfigError",
     "ConnectError",

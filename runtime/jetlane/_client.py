@@ -16,6 +16,7 @@ from ._core import history as h
 from ._core.definition import get_job
 from ._core.errors import (
     ConfigError,
+    FenceLost,
     InputError,
     JetlaneError,
     NoResponders,
@@ -29,7 +30,7 @@ from ._core.replay import DEFAULT_MAX_PAYLOAD
 from ._core.status import RunStatus, check_status_filter, summarize
 from ._index import RunIndex
 from ._nats.connection import ConnectOptions
-from ._nats.log import FenceLost, Log
+from ._nats.log import Log
 from ._nats.names import Names
 
 _ENDED = {h.RunCompleted: "completed", h.RunFailed: "failed", h.RunCancelled: "cancelled"}
@@ -114,30 +115,14 @@ class Client:
         return RunHandle(run_id, self)
 
     async def _create_once(self, run_id: str, body: h.Start) -> None:
-        """Store the start unless the run has one: ``RunAlreadyExists`` otherwise.
-
-        The start is fenced on the inbox's last sequence: 0 at first (the usual
-        case: one round trip). Anyone may publish on a run's inbox, so an event
-        may be there before the start; then the inbox is read, and the start is
-        fenced on what was read, which proves that no start is stored before it
-        (a concurrent start moves the sequence and the fence refuses ours).
-        """
-        expected = 0
-        for _ in range(100):
-            try:
-                ack = await self.log.publish_input(
-                    run_id, body, expected=expected, msg_id=f"start:{run_id}"
-                )
-            except FenceLost:
-                inputs = await self.log.read_inputs(run_id)
-                if any(isinstance(m.body, h.Start) for m in inputs):
-                    raise RunAlreadyExists(run_id) from None
-                expected = max((m.seq for m in inputs), default=0)
-                continue
-            if ack.duplicate:
-                raise RunAlreadyExists(run_id)
-            return
-        raise RunAlreadyExists(run_id)  # the inbox never stopped changing: treat as taken
+        """Store the start unless the run has one: ``RunAlreadyExists`` otherwise (see
+        ``Log.create_once``)."""
+        try:
+            found = await self.log.create_once(run_id, body)
+        except FenceLost:
+            raise RunAlreadyExists(run_id) from None  # the inbox never stopped changing
+        if found is not None:
+            raise RunAlreadyExists(run_id)
 
     async def _validate(self, job: str, input: Any) -> None:
         local = get_job(job)

@@ -20,12 +20,17 @@ the next step starts.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import math
 import re
+from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, Protocol
 
+from ._core import children
 from ._core import history as h
+from ._core.decisions import CancelChild, NotifyParent, StartChild
 from ._core.errors import FenceLost, JetlaneError
 from ._core.replay import (
     Append,
@@ -39,6 +44,7 @@ from ._core.replay import (
     Replay,
     Schedule,
     Unschedule,
+    Waiting,
 )
 
 
@@ -72,6 +78,15 @@ class Store(Protocol):
         """Drop a timer (``"*"``: every timer of the run)."""
         ...
 
+    async def create_once(self, run_id: str, body: h.Start) -> h.Start | None:
+        """Store a run's start unless the run has one; None when stored, else the start
+        the run already has (a child run: ours from before a crash, or another's)."""
+        ...
+
+    async def send_input(self, run_id: str, body: h.Input, msg_id: str) -> None:
+        """Publish an input on a run's inbox, deduplicated by ``msg_id``."""
+        ...
+
 
 # How long after a fenced append (which proves no input came) the next step may start
 # without reading the inbox first: the handler's code between two steps usually takes
@@ -89,6 +104,36 @@ class Outdated(Exception):
 
 
 Execute_ = Callable[[Replay, Execute], Awaitable[Outcome]]
+
+
+class _InFlight:
+    """The steps a drive is executing, and which have finished, in the order they did."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, asyncio.Task[Outcome]] = {}
+        self.finished: deque[str] = deque()
+        self._wake: asyncio.Future[None] | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.tasks)
+
+    def start(self, step: str, attempt: Awaitable[Outcome]) -> None:
+        task = asyncio.ensure_future(attempt)
+        self.tasks[step] = task
+        task.add_done_callback(lambda _: self._done(step))
+
+    def _done(self, step: str) -> None:
+        if step not in self.tasks:
+            return  # abandoned (the drive ended and cancelled it)
+        self.finished.append(step)
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    def wake(self) -> asyncio.Future[None]:
+        """A future done once a step in flight finishes."""
+        if self._wake is None or self._wake.done():
+            self._wake = asyncio.get_running_loop().create_future()
+        return self._wake
 
 
 class Driver:
@@ -166,51 +211,98 @@ class Driver:
     async def drive(
         self, replay: Replay, first_decision: Callable[[], None] | None = None
     ) -> Decision:
-        """Execute steps until the core's decision is not ``Execute``."""
+        """Execute steps (several at once for parallel branches) until the core's
+        decision is neither a step to run nor a wait for one."""
+        running = _InFlight()
+        try:
+            return await self._drive(replay, running, first_decision)
+        finally:
+            for task in running.tasks.values():
+                task.cancel()  # a run that ended, blocked or failed: abandon the rest
+
+    async def _drive(
+        self,
+        replay: Replay,
+        running: _InFlight,
+        first_decision: Callable[[], None] | None,
+    ) -> Decision:
         reply: Any = None
-        # Whether every input stored up to now has been taken in: true after a fenced
-        # append (which the server refuses when an input came), false once a step has
-        # run. False at first: replaying the handler to its frontier takes time too.
-        synced = False
+        # When every input stored up to then was last known to be taken in: after a
+        # fenced append (which the server refuses when an input came) or a read of the
+        # inbox. Never at first: replaying the handler to its frontier takes time too.
         loop = asyncio.get_running_loop()
-        synced_at = 0.0
+        synced_at = -math.inf
         while True:
             decision = await replay.next(reply)
+            reply = None
             if first_decision is not None:
                 first_decision()  # a full replay ends at the first decision: the frontier
                 first_decision = None
             if await self.flush(replay):
-                synced, synced_at = True, loop.time()
-            reply = None
+                synced_at = loop.time()
             if isinstance(decision, Checkpoint):
                 # The step's outcome is written; a cancel or pause it brought in is
                 # acted on before the handler goes on past the step.
                 if replay.cancel_pending:
-                    decision = await replay.next(None)
-                    await self.flush(replay)
-                    return decision
+                    return await self._cancelled(replay)
                 if replay.paused:
+                    if running:  # steps in flight finish (and are recorded) first
+                        reply = await self._outcome(replay, running, or_changed=False)
+                        continue
                     return Park(replay.current_step or "")  # resume goes on from here
+                continue
+            if isinstance(decision, Waiting):
+                reply = await self._outcome(replay, running, or_changed=True)
                 continue
             if not isinstance(decision, Execute):
                 return decision
-            if not synced or loop.time() - synced_at > SYNC_WINDOW:
-                # No fenced append since the last step ran, or the handler's own code
-                # ran a while since: read the inbox, so that a cancel or pause stored
-                # meanwhile is seen before the next step starts.
+            if loop.time() - synced_at > SYNC_WINDOW:
+                # No fenced append or read for a while (a step ran, or the handler's own
+                # code did): read the inbox, so that a cancel or pause stored meanwhile
+                # is seen before the next step starts. Steps of parallel branches started
+                # together share one read.
                 await self.ingest_tail(replay)
+                synced_at = loop.time()
             if replay.cancel_pending:
-                decision = await replay.next(None)
-                await self.flush(replay)
-                return decision
+                return await self._cancelled(replay)
             if replay.paused:
-                return replay.hold(decision)
+                replay.hold(decision)
+                continue
             if self.stopping():
-                # Draining: finish the step in flight, start no new one; another runner
-                # continues from the log.
-                raise Handback
-            reply = await self.execute(replay, decision)
-            synced = False
+                # Draining: finish the steps in flight, start no new one; another
+                # runner continues from the log.
+                replay.hold(decision)
+                if not running:
+                    raise Handback
+                reply = await self._outcome(replay, running, or_changed=False)
+                continue
+            running.start(decision.step, self.execute(replay, decision))
+
+    async def _outcome(
+        self, replay: Replay, running: _InFlight, *, or_changed: bool
+    ) -> Outcome | None:
+        """The outcome of the first step in flight to finish (tagged with its step), or
+        None when the handler asked something new first (``or_changed``)."""
+        if not running and not or_changed:
+            raise RuntimeError("the core waits for steps, but none is executing")
+        if not running.finished:
+            # Wait on one future, not on every task in flight: a wide fan-out would
+            # otherwise cost a callback per task per outcome (quadratic).
+            wake = running.wake()
+            waits: set[asyncio.Future[Any]] = {wake}
+            if or_changed:
+                waits.add(replay.changed())
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        if not running.finished:
+            return None
+        step = running.finished.popleft()
+        task = running.tasks.pop(step)
+        return dataclasses.replace(task.result(), step=step)
+
+    async def _cancelled(self, replay: Replay) -> Decision:
+        decision = await replay.next(None)  # the cancel ends the run
+        await self.flush(replay)
+        return decision
 
     async def flush(self, replay: Replay) -> bool:
         """Write the outbox; True when it appended anything (so the fence proved that
@@ -238,13 +330,26 @@ class Driver:
                     )
                 elif isinstance(effect, Unschedule):
                     await self.store.unschedule(run_id, effect.token)
+                elif isinstance(effect, StartChild):
+                    # The child's start is stored before child_started says so.
+                    found = await self.store.create_once(effect.entry.run_id, effect.start)
+                    entry = children.started_entry(effect, found)
+                    replay.recorded.apply(entry)
+                    await self.append(replay, entry)
+                elif isinstance(effect, CancelChild):
+                    cancel = h.Cancel(reason=effect.reason)
+                    await self.store.send_input(effect.run_id, cancel, f"cancel:{effect.run_id}")
+                elif isinstance(effect, NotifyParent) and replay.terminal is not None:
+                    # Built from the terminal entry as written (a cancel may have won).
+                    ended = children.ended_body(run_id, replay.terminal)
+                    await self.store.send_input(effect.parent, ended, f"child-end:{run_id}")
         except BaseException:
             for sent in scheduled:
                 sent.cancel()  # the drive is failing anyway; do not mask why
             raise
         for sent in scheduled:
             await self.store.confirm(sent)
-        return any(isinstance(effect, Append) for effect in outbox)
+        return any(isinstance(effect, Append | StartChild) for effect in outbox)
 
     async def append(self, replay: Replay, body: h.Journal) -> None:
         """Append, fenced on the whole run; new inputs are read in and the append retried."""

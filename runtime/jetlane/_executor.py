@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
+from ._core.context import running_step
 from ._core.decisions import Execute, Outcome
 from ._core.errors import NonRetryableError, StepTimeout
 
@@ -44,7 +45,9 @@ class StepExecutor:
         stuck = None if _is_async(ex.fn) else self._abandoned_thread
         result, error = await attempt(ex, self._call, on_timeout=stuck)
         duration = (time.perf_counter() - t0) * 1000
-        return Outcome(started_at=started, duration_ms=duration, result=result, error=error)
+        return Outcome(
+            started_at=started, duration_ms=duration, result=result, error=error, step=ex.step
+        )
 
     async def _call(self, fn: Any) -> Any:
         if _is_async(fn):
@@ -83,6 +86,7 @@ async def attempt(
     """Run ``call(ex.fn)`` under the step's timeout: (result, None) or (None, the error
     the attempt failed with), classified as the journal records it."""
     scope: asyncio.Timeout | None = None
+    running = running_step.set(ex.step)  # ctx.step_key and ctx.log in the step function
     try:
         async with asyncio.timeout(ex.timeout) as scope:
             return await call(ex.fn), None
@@ -103,6 +107,8 @@ async def attempt(
         return None, exc
     except BaseException as exc:  # SystemExit & co. raised by the step's code
         return None, exc
+    finally:
+        running_step.reset(running)
 
 
 async def call_on_loop(fn: Any) -> Any:

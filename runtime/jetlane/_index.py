@@ -23,8 +23,9 @@ _decoder = msgspec.json.Decoder(RunStatus)
 
 
 def record(status: RunStatus) -> bytes:
-    """The index record of a run (its output is left out: it may be large)."""
-    return _encoder.encode(msgspec.structs.replace(status, output=None, detail=None))
+    """The index record of a run (its output and children are left out: they may be
+    large; a run's own status has them)."""
+    return _encoder.encode(msgspec.structs.replace(status, output=None, detail=None, children=[]))
 
 
 def _cursor_of(status: RunStatus) -> str:

@@ -645,6 +645,7 @@ class Runner:
     async def _arm(self, replay: Replay, park: Park, session: _Session) -> None:
         now = datetime.now(UTC)
         self._cancel_fast(replay.run_id)
+        soonest: float | None = None  # parallel branches may park on several timers
         for spec in park.timers:
             delay = (spec.fire_at - now).total_seconds()
             if spec.rearm:
@@ -656,12 +657,15 @@ class Runner:
                 # Further off, the timer was forged or orphaned: nothing to hold for.
                 session.redeliver_in = delay + 0.01
             if delay <= self.config.fast_timer_window:
-                # Wakes the run here at fire_at (the schedule's fire is ~250 ms coarse).
-                # It sends nothing: the core decides by the clock.
-                loop = asyncio.get_running_loop()
-                self._fast[replay.run_id] = loop.call_at(
-                    loop.time() + max(delay, 0.0) + 0.002, self._fire_fast, replay.run_id
-                )
+                soonest = delay if soonest is None else min(soonest, delay)
+        if soonest is not None:
+            # Wakes the run here at the first fire_at (the schedule's fire is ~250 ms
+            # coarse). It sends nothing: the core decides by the clock, and re-parks on
+            # the others, arming the next.
+            loop = asyncio.get_running_loop()
+            self._fast[replay.run_id] = loop.call_at(
+                loop.time() + max(soonest, 0.0) + 0.002, self._fire_fast, replay.run_id
+            )
 
     def _fire_fast(self, run_id: str) -> None:
         self._fast.pop(run_id, None)

@@ -94,6 +94,10 @@ class MemoryStore:
         self.runs: dict[str, list[h.Message]] = {}
         self.schedules: dict[tuple[str, str], tuple[datetime, h.Timer]] = {}
         self._seq = 0
+        self._msg_ids: set[str] = set()
+        # Runs that a drive gave an input (a child's start, a child's end, a cancel):
+        # the Environment advances them next, as a delivery would.
+        self.woken: list[str] = []
 
     def add(self, run_id: str, direction: str, body: h.Body) -> int:
         """Store a message as the stream would: encoded and decoded (no live objects)."""
@@ -134,6 +138,22 @@ class MemoryStore:
     async def unschedule(self, run_id: str, token: str) -> None:
         for key in [k for k in self.schedules if k[0] == run_id and token in ("*", k[1])]:
             del self.schedules[key]
+
+    async def create_once(self, run_id: str, body: h.Start) -> h.Start | None:
+        found = next(
+            (m.body for m in self.runs.get(run_id, []) if isinstance(m.body, h.Start)), None
+        )
+        if found is None:
+            self.add(run_id, "in", body)
+            self.woken.append(run_id)
+        return found
+
+    async def send_input(self, run_id: str, body: h.Input, msg_id: str) -> None:
+        if msg_id in self._msg_ids:
+            return  # deduplicated, as the stream does within its window
+        self._msg_ids.add(msg_id)
+        self.add(run_id, "in", body)
+        self.woken.append(run_id)
 
     def next_due(self, run_id: str | None = None) -> tuple[datetime, str, str] | None:
         """The earliest armed timer (of ``run_id``, or of any run): (fire_at, run, token)."""
@@ -245,6 +265,8 @@ class Environment:
             if status.done or status.status == "blocked":
                 break  # blocked: a bug in the code, which no clock moves past
             due = self.store.next_due(run_id)
+            if due is None and status.waiting_for is not None and status.waiting_for[:4] == "run ":
+                due = self.store.next_due()  # it waits on a child run: the child's timers
             if due is None or due[0] > limit:
                 raise JetlaneError(
                     f"run {run_id!r} is {status.status}"
@@ -289,6 +311,13 @@ class Environment:
         return True
 
     async def _wake(self, run_id: str) -> None:
+        """Advance ``run_id``, then every run a session gave an input (child runs and
+        their parents), in order, until none is left: as deliveries would."""
+        self.store.woken.append(run_id)
+        while self.store.woken:
+            await self._session(self.store.woken.pop(0))
+
+    async def _session(self, run_id: str) -> None:
         """One runner session: replay the run from its log and drive it to a park or end."""
         history = self.store.runs.get(run_id, [])
         start = next((m.body for m in history if isinstance(m.body, h.Start)), None)
@@ -329,7 +358,9 @@ async def run_step(ex: Execute, started: datetime, duration_ms: float = 0.0) -> 
     """Run one step attempt on the loop with a fixed start and duration (journals that
     tests compare stay equal); errors classified as a runner records them."""
     result, error = await attempt(ex, call_on_loop)
-    return Outcome(started_at=started, duration_ms=duration_ms, result=result, error=error)
+    return Outcome(
+        started_at=started, duration_ms=duration_ms, result=result, error=error, step=ex.step
+    )
 
 
 def _as_job(item: Job | Callable[..., Any]) -> Job:

@@ -15,6 +15,7 @@ repository's docs/protocol.md documents each kind with an example::
 from __future__ import annotations
 
 from ._core.history import BUILD_ID as BUILD_ID
+from ._core.history import CHILD_STATUSES as CHILD_STATUSES
 from ._core.history import INPUT_KINDS as INPUT_KINDS
 from ._core.history import JOB_NAME as JOB_NAME
 from ._core.history import JOURNAL_KINDS as JOURNAL_KINDS
@@ -25,6 +26,10 @@ from ._core.history import VERSION as VERSION
 from ._core.history import VERSION_HEADER as VERSION_HEADER
 from ._core.history import Body as Body
 from ._core.history import Cancel as Cancel
+from ._core.history import ChildEnded as ChildEnded
+from ._core.history import ChildResult as ChildResult
+from ._core.history import ChildStarted as ChildStarted
+from ._core.history import ChildTimedOut as ChildTimedOut
 from ._core.history import ErrorInfo as ErrorInfo
 from ._core.history import Event as Event
 from ._core.history import EventReceived as EventReceived
@@ -33,6 +38,7 @@ from ._core.history import Input as Input
 from ._core.history import Invalid as Invalid
 from ._core.history import Journal as Journal
 from ._core.history import Message as Message
+from ._core.history import Parent as Parent
 from ._core.history import Pause as Pause
 from ._core.history import Pin as Pin
 from ._core.history import Resume as Resume
@@ -60,6 +66,7 @@ from ._core.history import pinned_build as pinned_build
 
 __all__ = [
     "BUILD_ID",
+    "CHILD_STATUSES",
     "INPUT_KINDS",
     "JOB_NAME",
     "JOURNAL_KINDS",
@@ -70,6 +77,10 @@ __all__ = [
     "VERSION_HEADER",
     "Body",
     "Cancel",
+    "ChildEnded",
+    "ChildResult",
+    "ChildStarted",
+    "ChildTimedOut",
     "ErrorInfo",
     "Event",
     "EventReceived",
@@ -78,6 +89,7 @@ __all__ = [
     "Invalid",
     "Journal",
     "Message",
+    "Parent",
     "Pause",
     "Pin",
     "Resume",

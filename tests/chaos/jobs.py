@@ -139,7 +139,7 @@ def engine_attempt(ctx: Context) -> int | None:
     """
     replay = getattr(ctx, "_replay", None)
     last_outcome = getattr(replay, "_last_outcome", None)
-    current = getattr(replay, "current_step", None)
+    current = ctx.step_key.partition("/")[2] or None  # this step, even among parallel ones
     if last_outcome is None or current is None:
         return None
     try:
@@ -217,7 +217,8 @@ def inv_budget(input: dict[str, Any]) -> int:
 
 @job("invariants")
 async def invariants(ctx: Context, input: dict[str, Any]) -> dict[str, Any]:
-    """``steps`` steps of ``delay`` s (sync or async, some flaky), a nap, then two waits.
+    """``steps`` steps of ``delay`` s (sync or async, some flaky), a nap, then two waits;
+    the first ``parallel`` steps run at once (``asyncio.gather``).
 
     Before each step the handler takes ``ctx.uuid()`` and passes it in: the step
     logs it and returns it, so the checker can compare what every execution saw
@@ -227,7 +228,23 @@ async def invariants(ctx: Context, input: dict[str, Any]) -> dict[str, Any]:
     flaky = set(input.get("flaky", []))
     delay = float(input["delay"])
     seen: list[str] = []
-    for i in range(int(input["steps"])):
+    fanned = int(input.get("parallel", 0))
+    if fanned:
+        values = [str(ctx.uuid()) for _ in range(fanned)]  # taken before the branches
+        make_step: list[Callable[..., Any]] = [
+            _sync_step if i in sync else _async_step for i in range(fanned)
+        ]
+        seen.extend(
+            await asyncio.gather(
+                *(
+                    step.do(
+                        f"s{i}", make_step[i](ctx, values[i], delay, i in flaky), retries=INV_RETRY
+                    )
+                    for i in range(fanned)
+                )
+            )
+        )
+    for i in range(fanned, int(input["steps"])):
         if i == input.get("nap_at"):
             await step.sleep("nap", float(input["nap"]))
         value = str(ctx.uuid())

@@ -183,6 +183,30 @@ def test_a_cancel_never_acted_on_is_a_violation() -> None:
     assert check(run, [], Sent(RUN, starts=[start]), settled=False) == []
 
 
+def paused_fan_out(*, late: bool) -> tuple[History, list[Execution]]:
+    """A run whose three first steps run in parallel; a pause lands as they start."""
+    run = History()
+    run.inp(h.Start("invariants", {"parallel": 3}), 0.0)
+    run.out(h.ValuesRecorded([U1, U1, U1]), 0.05)
+    pause = 0.1
+    run.inp(h.Pause("hold"), pause)
+    effects = [ex(f"s{i}", pause + 0.01 * i, value=U1) for i in range(3)]  # one burst
+    for i in range(3):
+        run.out(h.StepCompleted(f"s{i}", 1, U1, at(pause + 0.01 * i), 100.0), 0.3 + 0.01 * i)
+    if late:  # a step that began well after the burst: started after the pause was known
+        effects.append(ex("s3", 1.0, value=U1))
+        run.out(h.StepCompleted("s3", 1, U1, at(1.0), 100.0), 1.1)
+    return run, effects
+
+
+def test_a_parallel_group_in_flight_at_a_pause_may_finish_but_nothing_after() -> None:
+    run, effects = paused_fan_out(late=False)
+    assert [v for v in check(run, effects, settled=False) if v.invariant == CANCEL_PAUSE] == []
+    run, effects = paused_fan_out(late=True)
+    found = [v for v in check(run, effects, settled=False) if v.invariant == CANCEL_PAUSE]
+    assert {v.kind for v in found} == {"steps-after-pause", "executions-after-pause"}
+
+
 def paused_run(*, resumed: bool, steps_while_paused: int, finished: bool) -> History:
     run = History()
     run.inp(h.Start("invariants", {}), 0.0)

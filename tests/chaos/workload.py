@@ -64,6 +64,8 @@ def draw_plan(rng: random.Random) -> Plan:
         "nap": round(rng.uniform(1.0, 2.0), 3),
         "maybe_timeout": 1.0,
     }
+    if rng.random() < 0.4:
+        job_input["parallel"] = rng.randint(2, steps)  # the first steps run at once
     chance = rng.random
     return Plan(
         input=job_input,

@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from jetlane import wire as h
+from jetlane._core.decisions import CancelChild, StartChild
 from jetlane._core.definition import Job, define_job
 from jetlane._core.errors import FenceLost
 from jetlane._core.replay import (
@@ -88,6 +89,11 @@ class Driver:
         self.unscheduled: list[str] = []
         self.executed: list[tuple[str, int]] = []
         self.decisions: list[Decision] = []
+        # (log length, clock, decision) at the end of each advance
+        self.boundaries: list[tuple[int, datetime, Decision]] = []
+        self.children: dict[str, h.Start] = {}  # child runs started (create-once)
+        self.sent: list[tuple[str, h.Input]] = []  # inputs sent to other runs
+        self._msg_ids: set[str] = set()
         self.replay = self._fresh()
         self._fed = 0
         if start:
@@ -188,6 +194,7 @@ class Driver:
             break
         self._fed = len(self.log)
         self.decisions.append(decision)
+        self.boundaries.append((len(self.log), self.clock.now, decision))
         if isinstance(decision, Park):
             for spec in decision.timers:
                 if spec.rearm:
@@ -222,6 +229,23 @@ class Driver:
         else:
             self.schedules.pop(token, None)
 
+    async def create_once(self, run_id: str, body: h.Start) -> h.Start | None:
+        found = self.children.get(run_id)
+        if found is None:
+            self.children[run_id] = body
+        return found
+
+    async def send_input(self, run_id: str, body: h.Input, msg_id: str) -> None:
+        if msg_id not in self._msg_ids:  # deduplicated, as the stream does
+            self._msg_ids.add(msg_id)
+            self.sent.append((run_id, body))
+
+    def child_ends(self, run_id: str, output: Any = None, *, status: str = "completed") -> int:
+        """The child run ``run_id`` ended: its end lands on this run's inbox."""
+        error = None if status == "completed" else h.ErrorInfo(type="Boom", message=status)
+        ended = h.ChildEnded(run_id=run_id, status=status, output=output, error=error)
+        return self.publish(ended)
+
     def flush(self, *, limit: int | None = None) -> None:
         """Write the outbox; ``limit`` stops after that many appends (a crash mid-write)."""
         outbox, self.replay.outbox = self.replay.outbox, []
@@ -241,6 +265,16 @@ class Driver:
                     self.schedules.clear()
                 else:
                     self.schedules.pop(effect.token, None)
+            elif isinstance(effect, StartChild):
+                self.children.setdefault(effect.entry.run_id, effect.start)
+                if limit is not None and appends >= limit:
+                    return  # stored, then the crash: child_started is not written
+                appends += 1
+                self.replay.recorded.apply(effect.entry)
+                self.replay.appended(self._add("out", effect.entry))
+                self._fed = len(self.log)
+            elif isinstance(effect, CancelChild):
+                self.sent.append((effect.run_id, h.Cancel(reason=effect.reason)))
 
     async def execute(self, ex: Execute) -> Outcome:
         self.executed.append((ex.step, ex.attempt))

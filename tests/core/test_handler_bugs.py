@@ -84,12 +84,12 @@ async def test_a_bug_after_a_step_blocks_there_and_the_step_is_not_run_again() -
 
 async def test_atom_misuse_is_a_bug_and_blocks() -> None:
     async def gathered(ctx: Context) -> None:
-        await asyncio.gather(step.do("a", lambda: 1), step.do("b", lambda: 2))
+        await asyncio.gather(step.do("a", lambda: 1), step.do("a", lambda: 2))
 
     async def bad_name(ctx: Context) -> None:
         await step.do("a#1", lambda: 1)
 
-    for handler, word in [(gathered, "one at a time"), (bad_name, "no '#'")]:
+    for handler, word in [(gathered, "two parallel branches"), (bad_name, "no '#'")]:
         d = Driver(job_of(handler))
         done = await d.advance()
         assert isinstance(done, Blocked) and done.error.type == "ConfigError"

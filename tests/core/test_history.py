@@ -28,6 +28,7 @@ json_values = st.recursive(
     ),
     max_leaves=12,
 )
+run_ids = st.from_regex(h.RUN_ID, fullmatch=True)
 KINDS = sorted(h.INPUT_KINDS) + sorted(h.JOURNAL_KINDS)
 
 
@@ -44,6 +45,10 @@ def strategy_for(tp: Any) -> st.SearchStrategy[Any]:
         return st.integers(-(2**63), 2**63 - 1)
     if tp is float:
         return st.floats(allow_nan=False, allow_infinity=False)
+    if tp is bool:
+        return st.booleans()
+    if tp is h.Parent:
+        return st.builds(h.Parent, run_ids, st.text(max_size=40), st.booleans())
     if tp is h.ErrorInfo:
         return st.builds(h.ErrorInfo, st.text(max_size=20), st.text(max_size=40))
     if isinstance(tp, types.UnionType):
@@ -59,8 +64,12 @@ def strategy_for(tp: Any) -> st.SearchStrategy[Any]:
 def bodies(kind: str) -> st.SearchStrategy[Any]:
     cls = h.INPUT_KINDS.get(kind) or h.JOURNAL_KINDS[kind]
     fields = {f.name: strategy_for(f.type) for f in msgspec.structs.fields(cls)}
-    if cls is h.Start:
+    if cls in (h.Start, h.ChildStarted):
         fields["job"] = st.from_regex(h.JOB_NAME, fullmatch=True)
+    if cls in (h.ChildStarted, h.ChildEnded, h.ChildResult, h.ChildTimedOut):
+        fields["run_id"] = run_ids
+    if cls in (h.ChildEnded, h.ChildResult):
+        fields["status"] = st.sampled_from(h.CHILD_STATUSES)
     if cls is h.Event:
         fields["type"] = st.text(min_size=1, max_size=20)
     if cls is h.Pin:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import jetlane
 
 PUBLIC = {
+    "ChildFailed",
+    "ChildTimeout",
     "Client",
     "ConfigError",
     "ConnectError",
@@ -77,6 +79,9 @@ def test_the_error_tree() -> None:
     assert issubclass(jetlane.StepFailed, jetlane.StepError)
     assert issubclass(jetlane.EventTimeout, jetlane.StepError)
     assert issubclass(jetlane.EventTimeout, TimeoutError)
+    assert issubclass(jetlane.ChildFailed, jetlane.StepError)
+    assert issubclass(jetlane.ChildTimeout, jetlane.StepError)
+    assert issubclass(jetlane.ChildTimeout, TimeoutError)
     # raised by user code, so deliberately outside jetlane's tree
     assert not issubclass(jetlane.NonRetryableError, jetlane.JetlaneError)
 

@@ -123,3 +123,52 @@ async def unrecordable(ctx: Context, input: dict[str, str]) -> int:
 
     body = await step.do("post", post)
     return int(body["id"])
+
+
+@job("fan-out")
+async def fan_out(ctx: Context, input: dict[str, Any]) -> list[int]:
+    """``n`` parallel branches, each one step of ``delay`` seconds (issue 12's fan-out)."""
+
+    def work(i: int) -> Any:
+        async def run() -> int:
+            _record(ctx)
+            await asyncio.sleep(float(input.get("delay", 0.2)) * (1 + i % 4))
+            return i
+
+        return run
+
+    n = int(input["n"])
+    return list(await asyncio.gather(*(step.do(f"part:{i}", work(i)) for i in range(n))))
+
+
+@job("order")
+async def order(ctx: Context, input: dict[str, Any]) -> dict[str, Any]:
+    """A parent: invokes a ``charge-child`` run (id given or derived) and returns its output."""
+    charged = await step.invoke(
+        "charge", job="charge-child", input={"cents": input["cents"]}, run_id=input.get("child")
+    )
+    return {"order": ctx.run_id, "charged": charged}
+
+
+@job("charge-child")
+async def charge_child(ctx: Context, input: dict[str, Any]) -> dict[str, Any]:
+    """A child: one step, a short sleep, its result."""
+
+    async def charge() -> str:
+        _record(ctx)
+        return f"receipt-{input['cents']}"
+
+    receipt = await step.do("charge-card", charge, retries=QUICK)
+    await step.sleep("settle", 0.3)
+    return {"receipt": receipt}
+
+
+@job("waiting-parent")
+async def waiting_parent(ctx: Context, input: None) -> Any:
+    """A parent waiting on a child that waits for an event."""
+    return await step.invoke("child", job="waiting-child")
+
+
+@job("waiting-child")
+async def waiting_child(ctx: Context, input: None) -> Any:
+    return await step.wait_for_event("go", type="go", timeout="10m")

@@ -26,15 +26,18 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--build-id", default=None)
     parser.add_argument("--adopt-orphans", type=int, default=0)
+    parser.add_argument("--serve", default="", help="comma-separated jobs to serve (default: all)")
     args = parser.parse_args()
     importlib.import_module(args.jobs)  # registers its @jobs
     structlog.configure(processors=[structlog.processors.JSONRenderer()])
     log = await Log.open(
         ConnectOptions(url=args.url), Names(args.prefix, args.stream), lease_ttl=args.lease_ttl
     )
+    served = set(filter(None, args.serve.split(",")))
+    jobs = {name: job for name, job in registry().items() if not served or name in served}
     runner = Runner(
         log,
-        registry(),
+        jobs,
         config=RunnerConfig(
             ack_wait=args.ack_wait,
             drain_timeout=args.drain_timeout,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import random as _random
 import uuid
 from datetime import datetime
@@ -13,6 +14,12 @@ if TYPE_CHECKING:
     import structlog
 
     from .replay import Replay
+
+# The step whose function runs in this context (set by the executor around each attempt):
+# with parallel branches several run at once, so "the current step" is per context.
+running_step: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "jetlane_running_step", default=None
+)
 
 
 class Plugins:
@@ -68,13 +75,13 @@ class Context:
         The same on every attempt and every runner: pass it to the APIs a step
         calls so that an at-least-once re-execution does not act twice.
         """
-        step = self._replay.current_step
+        step = running_step.get(None) or self._replay.current_step
         return f"{self.run_id}/{step}" if step is not None else self.run_id
 
     @property
     def log(self) -> structlog.typing.FilteringBoundLogger:
         log = self._replay.log
-        step = self._replay.current_step
+        step = running_step.get(None) or self._replay.current_step
         return log.bind(step=step) if step is not None else log  # type: ignore[no-any-return]
 
     def now(self) -> datetime:

@@ -80,7 +80,14 @@ class Checkpoint:
     """
 
 
-Decision = Execute | Checkpoint | Park | Finished | Blocked
+@dataclass(frozen=True)
+class Waiting:
+    """Steps are executing and the handler has nothing else to ask: reply with the
+    ``Outcome`` of whichever finishes first (or ``None`` when ``Replay.changed()``
+    fires first)."""
+
+
+Decision = Execute | Checkpoint | Waiting | Park | Finished | Blocked
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,7 @@ class Outcome:
     duration_ms: float
     result: Any = None
     error: BaseException | None = None
+    step: str = ""  # the step id of the Execute this answers (several may be in flight)
 
 
 # -- outbox ---------------------------------------------------------------------
@@ -113,7 +121,31 @@ class Unschedule:
     token: str  # "*" means every timer of the run
 
 
-Effect = Append | Schedule | Unschedule
+@dataclass(frozen=True)
+class StartChild:
+    """Store the child run's ``start`` (create-once), then append ``entry`` (its
+    ``child_started``; with ``error`` when the run id is another run's)."""
+
+    start: h.Start
+    entry: h.ChildStarted
+
+
+@dataclass(frozen=True)
+class CancelChild:
+    """Publish a ``cancel`` to a child run (idempotent: a message id per child)."""
+
+    run_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class NotifyParent:
+    """Publish the run's end (its terminal entry as written) to its parent's inbox."""
+
+    parent: str
+
+
+Effect = Append | Schedule | Unschedule | StartChild | CancelChild | NotifyParent
 
 
 _hint_cache: dict[Any, Any] = {}

@@ -18,6 +18,8 @@ from .history import check_job_name
 Backoff = Literal["constant", "linear", "exponential"]
 Handler = Callable[..., Awaitable[Any]]
 DEFAULT_FUNCTION_TIMEOUT = 30.0
+# Steps of one run that execute at once (parallel branches); more wait their turn.
+DEFAULT_MAX_PARALLEL = 100
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,8 @@ class Job:
     # exception types that, raised by handler code outside the atoms, fail the run
     # (besides jetlane.Failure and the atoms' errors); any other exception blocks it
     fail_on: tuple[type[BaseException], ...] = ()
+    # how many of the run's steps may execute at once (asyncio.gather/TaskGroup branches)
+    max_parallel: int = DEFAULT_MAX_PARALLEL
 
     def convert_input(self, raw: Any) -> Any:
         """``raw`` (JSON-shaped) as the handler's input type, or an ``InputError``."""
@@ -99,6 +103,7 @@ def define_job(
     handler: Handler,
     timeout: Duration | None = None,
     fail_on: type[BaseException] | Iterable[type[BaseException]] = (),
+    max_parallel: int = DEFAULT_MAX_PARALLEL,
     register: bool = True,
 ) -> Job:
     """Make (and by default register) a job from a handler ``async def (ctx, input)``."""
@@ -107,6 +112,8 @@ def define_job(
     for kind in failing:
         if not (isinstance(kind, type) and issubclass(kind, BaseException)):
             raise ConfigError(f"job {name!r}: fail_on takes exception classes, not {kind!r}")
+    if not isinstance(max_parallel, int) or isinstance(max_parallel, bool) or max_parallel < 1:
+        raise ConfigError(f"job {name!r}: max_parallel must be an int >= 1, not {max_parallel!r}")
     if not inspect.iscoroutinefunction(handler):
         raise ConfigError(f"job {name!r}: the handler must be an async def")
     params = list(inspect.signature(handler).parameters.values())
@@ -128,6 +135,7 @@ def define_job(
         input_type=input_type,
         takes_input=len(params) == 2,
         fail_on=failing,
+        max_parallel=max_parallel,
     )
     if register:
         existing = _registry.get(name)
@@ -148,6 +156,7 @@ def job(
     *,
     timeout: Duration | None = None,
     fail_on: type[BaseException] | Iterable[type[BaseException]] = (),
+    max_parallel: int = DEFAULT_MAX_PARALLEL,
 ) -> Callable[[Handler], Handler]:
     """Register the decorated ``async def handler(ctx, input)`` as job ``name``.
 
@@ -159,10 +168,20 @@ def job(
     ``NonRetryableError``, and ``StepFailed``/``EventTimeout`` let through); any other
     exception is taken for a bug and blocks the run until fixed code replays it.
     ``fail_on=(Exception,)`` fails the run on every exception instead.
+
+    ``max_parallel``: how many of a run's steps may execute at once when its handler
+    runs branches in parallel (``asyncio.gather``, ``asyncio.TaskGroup``); the others
+    wait for a slot (100 by default).
     """
 
     def register(handler: Handler) -> Handler:
-        define_job(name=name, handler=handler, timeout=timeout, fail_on=fail_on)
+        define_job(
+            name=name,
+            handler=handler,
+            timeout=timeout,
+            fail_on=fail_on,
+            max_parallel=max_parallel,
+        )
         return handler
 
     return register
@@ -192,6 +211,7 @@ def describe_job(job: Job) -> dict[str, Any]:
         "input_schema": schema,
         "timeout": job.timeout,
         "fail_on": [kind.__name__ for kind in job.fail_on],
+        "max_parallel": job.max_parallel,
     }
 
 

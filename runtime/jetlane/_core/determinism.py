@@ -37,11 +37,20 @@ def atom_of(body: Any) -> str | None:
     if isinstance(body, h.StepCompleted | h.StepFailed):
         return "do"
     if isinstance(body, h.TimerSet):
-        return {"retry": "do", "sleep": "sleep", "wait_timeout": "wait"}.get(body.purpose)
+        return {
+            "retry": "do",
+            "sleep": "sleep",
+            "wait_timeout": "wait",
+            "child_timeout": "invoke",
+        }.get(body.purpose)
     if isinstance(body, h.SleepCompleted):
         return "sleep"
     if isinstance(body, h.WaitStarted | h.EventReceived | h.WaitTimedOut):
         return "wait" if body.types is None else "wait_any"
+    if isinstance(body, h.ChildStarted):
+        return "start_run" if body.detached else "invoke"
+    if isinstance(body, h.ChildResult | h.ChildTimedOut):
+        return "invoke"
     return None
 
 
@@ -50,6 +59,8 @@ ATOM_CALL = {
     "sleep": "step.sleep",
     "wait": "step.wait_for_event",
     "wait_any": "step.wait_for_any",
+    "invoke": "step.invoke",
+    "start_run": "step.start_run",
 }
 
 

@@ -21,7 +21,9 @@ The tree, split by what the caller does next::
     ├── Failure                       raise in handler code: fail the run on purpose
     └── StepError                     raised *inside* a handler
         ├── StepFailed                a step.do whose attempts are exhausted
-        └── EventTimeout              a wait_for_event whose timeout passed first
+        ├── EventTimeout              a wait_for_event whose timeout passed first
+        ├── ChildFailed               a step.invoke whose child run failed or was cancelled
+        └── ChildTimeout              a step.invoke whose timeout passed first
 
     NonRetryableError                 raised by user code in step.do: fail now, no retry
     ├── Failure                       (also a JetlaneError)
@@ -156,6 +158,29 @@ class EventTimeout(StepError, TimeoutError):
         self.step = step
         self.type = type
         self.types = types or (type,)  # every type waited for (step.wait_for_any)
+
+
+class ChildFailed(StepError):
+    """A ``step.invoke`` whose child run failed or was cancelled (``status``), or a
+    child that could not be started (``status`` ``rejected``: its run id is taken)."""
+
+    def __init__(self, step: str, run_id: str, status: str, type: str, message: str) -> None:
+        super().__init__(f"child run {run_id!r} of step {step!r} {status}: {type}: {message}")
+        self.step = step
+        self.run_id = run_id
+        self.status = status
+        self.type = type
+        self.message = message
+
+
+class ChildTimeout(StepError, TimeoutError):
+    """A ``step.invoke`` whose ``timeout`` passed before its child run ended (the child
+    is cancelled)."""
+
+    def __init__(self, step: str, run_id: str) -> None:
+        super().__init__(f"child run {run_id!r} of step {step!r} did not end in time")
+        self.step = step
+        self.run_id = run_id
 
 
 class NonRetryableError(Exception):

@@ -47,9 +47,20 @@ class ErrorInfo(_Wire, frozen=True, omit_defaults=True):
 # -- inputs (.in) -------------------------------------------------------------
 
 
-class Start(_Wire, frozen=True):
+class Parent(_Wire, frozen=True, omit_defaults=True):
+    """On a child run's ``start``: the run and step that started it (jetlane 0.3).
+
+    ``detached`` marks a ``step.start_run`` child: it does not report its end."""
+
+    run_id: str
+    step: str
+    detached: bool = False
+
+
+class Start(_Wire, frozen=True, omit_defaults=True):
     job: str
     input: Any = None
+    parent: Parent | None = None  # a child run: who started it (added in v1.2)
 
 
 class Event(_Wire, frozen=True):
@@ -87,7 +98,21 @@ class Timer(_Wire, frozen=True):
     purpose: str = ""
 
 
-Input = Start | Event | Cancel | Pause | Resume | Timer | Pin
+class ChildEnded(_Wire, frozen=True, omit_defaults=True):
+    """On a parent's inbox: a child run it waits on ended (written by the child's runner).
+
+    ``status`` is ``completed`` (with ``output``), ``failed`` or ``cancelled`` (with
+    ``error``)."""
+
+    run_id: str
+    status: str
+    output: Any = None
+    error: ErrorInfo | None = None
+
+
+CHILD_STATUSES: Final = ("completed", "failed", "cancelled")
+
+Input = Start | Event | Cancel | Pause | Resume | Timer | Pin | ChildEnded
 
 # -- journal (.out) -----------------------------------------------------------
 
@@ -151,6 +176,36 @@ class WaitTimedOut(_Wire, frozen=True, omit_defaults=True):
     types: list[str] | None = None
 
 
+# Child runs (added in v1.2). ``child_started`` is written once the child's start is
+# stored (create-once, so writing it twice is harmless); ``error`` when the start was
+# refused (the run id is another run's). ``detached`` marks a step.start_run.
+
+
+class ChildStarted(_Wire, frozen=True, omit_defaults=True):
+    step: str
+    run_id: str
+    job: str
+    timeout_at: str | None = None
+    detached: bool = False
+    error: ErrorInfo | None = None
+
+
+class ChildResult(_Wire, frozen=True):
+    """A step.invoke took its child's end: the ``child_ended`` input at ``input_seq``."""
+
+    step: str
+    run_id: str
+    status: str
+    input_seq: int
+
+
+class ChildTimedOut(_Wire, frozen=True):
+    """A step.invoke's timeout passed before its child ended (the child is cancelled)."""
+
+    step: str
+    run_id: str
+
+
 class ValuesRecorded(_Wire, frozen=True):
     values: list[Any]
 
@@ -182,6 +237,9 @@ Journal = (
     | WaitStarted
     | EventReceived
     | WaitTimedOut
+    | ChildStarted
+    | ChildResult
+    | ChildTimedOut
     | ValuesRecorded
     | RunBlocked
     | RunCompleted
@@ -198,6 +256,7 @@ INPUT_KINDS: Final[dict[str, type[Any]]] = {
     "resume": Resume,
     "timer": Timer,
     "pin": Pin,
+    "child_ended": ChildEnded,
 }
 JOURNAL_KINDS: Final[dict[str, type[Any]]] = {
     "run_started": RunStarted,
@@ -208,6 +267,9 @@ JOURNAL_KINDS: Final[dict[str, type[Any]]] = {
     "wait_started": WaitStarted,
     "event_received": EventReceived,
     "wait_timed_out": WaitTimedOut,
+    "child_started": ChildStarted,
+    "child_result": ChildResult,
+    "child_timed_out": ChildTimedOut,
     "values_recorded": ValuesRecorded,
     "run_blocked": RunBlocked,
     "run_completed": RunCompleted,
@@ -277,8 +339,19 @@ def decode(kind: str | None, data: bytes, *, direction: str | None = None) -> Bo
         raise DecodeError(f"bad {kind} body: {exc}") from None
     if isinstance(body, Event) and not body.type:
         raise DecodeError("event type is empty")
-    if isinstance(body, Start) and not JOB_NAME.fullmatch(body.job):
-        raise DecodeError(f"start names an invalid job {body.job[:64]!r}")
+    if isinstance(body, Start | ChildStarted) and not JOB_NAME.fullmatch(body.job):
+        raise DecodeError(f"{kind} names an invalid job {body.job[:64]!r}")
+    child = (
+        body.parent.run_id
+        if isinstance(body, Start) and body.parent is not None
+        else body.run_id
+        if isinstance(body, ChildEnded | ChildStarted | ChildResult | ChildTimedOut)
+        else None
+    )
+    if child is not None and not RUN_ID.fullmatch(child):
+        raise DecodeError(f"{kind} names an invalid run id {child[:64]!r}")
+    if isinstance(body, ChildEnded | ChildResult) and body.status not in CHILD_STATUSES:
+        raise DecodeError(f"{kind} has an invalid status {body.status[:64]!r}")
     build = getattr(body, "build", None) if isinstance(body, Pin | RunStarted) else None
     if (build is not None or isinstance(body, Pin)) and not BUILD_ID.fullmatch(build or ""):
         raise DecodeError(f"{kind} names an invalid build {str(build)[:64]!r}")

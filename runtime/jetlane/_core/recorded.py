@@ -15,6 +15,25 @@ from . import history as h
 from .determinism import atom_of
 
 UNRECORDABLE = "UnrecordableResult"  # the error type of a run_blocked on a step's result
+# Entries that end an atom's wait (a step failed with a retry_at does not: it parks).
+PROCEEDS = (
+    h.StepCompleted,
+    h.StepFailed,
+    h.SleepCompleted,
+    h.EventReceived,
+    h.WaitTimedOut,
+    h.ChildResult,
+    h.ChildTimedOut,
+)
+
+
+def proceeds(body: Any) -> bool:
+    """Whether journal entry ``body`` lets its step's branch go past the atom."""
+    if isinstance(body, h.StepFailed):
+        return body.retry_at is None  # with a retry_at, the branch parks for the retry
+    if isinstance(body, h.ChildStarted):
+        return body.detached or body.error is not None  # start_run returns; a refusal raises
+    return isinstance(body, PROCEEDS)
 
 
 @dataclass
@@ -48,7 +67,15 @@ class Recorded:
         # step -> where a step whose result could not be recorded was held (its effect
         # happened): it runs again only on a resume input stored after that
         self.held: dict[str, int] = {}
+        # child run id -> the sequence of its first child_ended input
+        self.child_ends: dict[str, int] = {}
+        self.child_end_at: dict[int, h.ChildEnded] = {}
         self.has_timers = False  # any timer_set seen or emitted: a finish purges timers
+        # step -> the sequence of the entry, read from the log, that let the step's branch
+        # go past it (a result, a final failure, a sleep's or wait's end): parallel
+        # branches are handed these in log order on replay, as the live run was
+        self.proceeds: dict[str, int] = {}
+        self.wait_started_at: dict[str, int] = {}  # step -> its wait_started, as read
 
     # -- feeding ----------------------------------------------------------------
 
@@ -59,6 +86,11 @@ class Recorded:
                 return
             self.out_seq = msg.seq
             self.apply(msg.body)
+            body = msg.body
+            if proceeds(body):
+                self.proceeds[body.step] = msg.seq
+            elif isinstance(body, h.WaitStarted):
+                self.wait_started_at[body.step] = msg.seq
         elif msg.seq > self.last_seq:
             self.inputs += 1
             body = msg.body
@@ -70,6 +102,10 @@ class Recorded:
                 self.event_at[msg.seq] = body
             elif isinstance(body, h.Timer):
                 self.timers.setdefault(body.timer, msg.seq)
+            elif isinstance(body, h.ChildEnded):
+                if body.run_id not in self.child_ends:
+                    self.child_ends[body.run_id] = msg.seq
+                    self.child_end_at[msg.seq] = body
             elif isinstance(body, h.Cancel) and self.cancel is None:
                 self.cancel = (msg.seq, body)
             elif isinstance(body, h.Pause | h.Resume):

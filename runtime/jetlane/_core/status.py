@@ -42,6 +42,19 @@ def check_status_filter(value: str) -> str:
     )
 
 
+class Child(msgspec.Struct, kw_only=True):
+    """A child run, as its parent's history tells: ``status`` is ``running`` until the
+    parent has taken its end (``completed``, ``failed``, ``cancelled``), ``timed_out``
+    when the parent gave up on it, ``detached`` for a ``step.start_run`` child (its
+    parent does not follow it: ask for its own status), ``rejected`` when its run id
+    was taken."""
+
+    run_id: str
+    step: str
+    job: str
+    status: str
+
+
 class RunStatus(msgspec.Struct, kw_only=True):
     """What a run is doing, as its log says."""
 
@@ -64,6 +77,8 @@ class RunStatus(msgspec.Struct, kw_only=True):
     paused_by: str | None = None  # who sent it, as it says (None: not said)
     paused_reason: str | None = None
     events_after_end: int = 0  # events stored after the run ended (forced): nothing acts on them
+    parent: h.Parent | None = None  # a child run: the run and step that started it
+    children: list[Child] = msgspec.field(default_factory=list)  # runs its steps started
 
     @property
     def done(self) -> bool:
@@ -99,7 +114,13 @@ def summarize(run_id: str, messages: Iterable[h.Message]) -> RunStatus | None:
         body = msg.body
         if state is None:
             if isinstance(body, h.Start):
-                state = RunStatus(run_id=run_id, job=body.job, status="queued", created_at=msg.time)
+                state = RunStatus(
+                    run_id=run_id,
+                    job=body.job,
+                    status="queued",
+                    created_at=msg.time,
+                    parent=body.parent,
+                )
             continue
         update(state, msg)
     if state is not None:
@@ -135,6 +156,15 @@ def _apply(state: RunStatus, body: Any) -> None:
             state.step, state.status, state.attempt = body.step, "sleeping", None
             state.waiting_for, state.until, state.error = "timer", body.fire_at, None
         return
+    if isinstance(body, h.ChildStarted):
+        status = "rejected" if body.error else "detached" if body.detached else "running"
+        state.children.append(
+            Child(run_id=body.run_id, step=body.step, job=body.job, status=status)
+        )
+    elif isinstance(body, h.ChildResult | h.ChildTimedOut):
+        for child in state.children:
+            if child.run_id == body.run_id and child.step == body.step:
+                child.status = body.status if isinstance(body, h.ChildResult) else "timed_out"
     step = getattr(body, "step", None)
     if step is not None:
         if step != state.step:
@@ -152,6 +182,9 @@ def _apply(state: RunStatus, body: Any) -> None:
         # step.wait_for_any: the types it waits for, "|"-separated
         waiting_for = "|".join(body.types) if body.types else body.type
         state.status, state.waiting_for, state.until = "waiting", waiting_for, body.timeout_at
+    elif isinstance(body, h.ChildStarted) and not body.detached and body.error is None:
+        state.status, state.waiting_for = "waiting", f"run {body.run_id}"
+        state.until = body.timeout_at
     elif isinstance(body, h.RunBlocked):
         state.status, state.error = "blocked", body.error
     elif isinstance(body, h.RunCompleted):

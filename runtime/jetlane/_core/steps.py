@@ -6,9 +6,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar, overload
 
-from .definition import RetryPolicy
+import msgspec
+
+from .definition import Job, RetryPolicy
 from .durations import Duration, to_seconds, utc
-from .errors import ConfigError
+from .errors import ConfigError, PayloadTooLarge
+from .history import check_job_name, check_run_id
 from .received import Event
 from .replay import Replay, current
 
@@ -25,9 +28,30 @@ def _replay(atom: str) -> Replay:
         ) from None
 
 
+def _child(atom: str, job: Any, input: Any, run_id: str | None) -> tuple[str, Any]:
+    """The job name and the JSON-shaped input of a child run, checked before the atom
+    counts (so that a bad call raises at the same place on every replay)."""
+    name = job.name if isinstance(job, Job) else job
+    if not isinstance(name, str):
+        raise ConfigError(f"step.{atom} job= takes a job name or a Job, not {job!r}")
+    check_job_name(name)
+    if run_id is not None:
+        check_run_id(run_id)
+    replay = _replay(atom)
+    try:
+        raw = msgspec.json.encode(input)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"step.{atom} input= must be JSON-shaped data: {exc}") from None
+    if len(raw) > replay.max_payload:
+        raise PayloadTooLarge(
+            f"step.{atom} input is {len(raw)} bytes; the limit is {replay.max_payload} bytes"
+        )
+    return name, msgspec.json.decode(raw)
+
+
 class _Steps:
     """``step.do``, ``step.sleep``, ``step.sleep_until``, ``step.wait_for_event``,
-    ``step.wait_for_any``."""
+    ``step.wait_for_any``, ``step.invoke``, ``step.start_run``."""
 
     @overload
     async def do(
@@ -114,6 +138,45 @@ class _Steps:
                 f"step.wait_for_any types= must be distinct non-empty strings: {types!r}"
             )
         return await replay.wait_any(name, wanted, to_seconds(timeout, what="wait timeout"))
+
+    async def invoke(
+        self,
+        name: str,
+        *,
+        job: str | Job,
+        input: Any = None,
+        run_id: str | None = None,
+        timeout: Duration | None = None,
+    ) -> Any:
+        """Start a child run of ``job`` and park until it ends; return its output.
+
+        The child's id is ``run_id``, or derived from this run's id and the step
+        (the same on every replay); starting it is create-once. A child that fails
+        or is cancelled raises ``ChildFailed`` (``.run_id``, ``.status``, ``.type``,
+        ``.message``), as does a ``run_id`` another run already has. ``timeout``
+        passing first raises ``ChildTimeout`` and cancels the child. Cancelling
+        this run cancels the child it waits on.
+        """
+        name_, value = _child("invoke", job, input, run_id)
+        replay = _replay("invoke")
+        seconds = None if timeout is None else to_seconds(timeout, what="invoke timeout")
+        return await replay.invoke(name, name_, value, run_id, seconds)
+
+    async def start_run(
+        self,
+        name: str,
+        *,
+        job: str | Job,
+        input: Any = None,
+        run_id: str | None = None,
+    ) -> str:
+        """Start a child run of ``job`` and return its run id at once (create-once, the id
+        as for ``invoke``). The child is detached: it runs on its own, is not cancelled
+        with this run, and reports its end to no one (read it with the client)."""
+        name_, value = _child("start_run", job, input, run_id)
+        replay = _replay("start_run")
+        run = await replay.invoke(name, name_, value, run_id, None, detached=True)
+        return str(run)
 
 
 step = _Steps()

@@ -309,6 +309,40 @@ class Log:
             headers["Nats-Msg-Id"] = msg_id
         return await self._publish(self.names.inbox(run_id), h.encode(body), headers)
 
+    async def create_once(self, run_id: str, body: h.Start) -> h.Start | None:
+        """Store the start unless the run has one: None when stored, else the start the
+        run already has.
+
+        The start is fenced on the inbox's last sequence: 0 at first (the usual
+        case: one round trip). Anyone may publish on a run's inbox, so an event
+        may be there before the start; then the inbox is read, and the start is
+        fenced on what was read, which proves that no start is stored before it
+        (a concurrent start moves the sequence and the fence refuses ours).
+        """
+        expected = 0
+        for _ in range(100):
+            try:
+                ack = await self.publish_input(
+                    run_id, body, expected=expected, msg_id=f"start:{run_id}"
+                )
+            except FenceLost:
+                inputs = await self.read_inputs(run_id)
+                found = next((m.body for m in inputs if isinstance(m.body, h.Start)), None)
+                if found is not None:
+                    return found
+                expected = max((m.seq for m in inputs), default=0)
+                continue
+            if not ack.duplicate:
+                return None
+            inputs = await self.read_inputs(run_id)
+            found = next((m.body for m in inputs if isinstance(m.body, h.Start)), None)
+            return found if found is not None else body
+        raise FenceLost(f"the inbox of run {run_id!r} kept changing under 100 starts")
+
+    async def send_input(self, run_id: str, body: h.Input, msg_id: str) -> None:
+        """Publish an input, deduplicated by ``msg_id`` (within the duplicate window)."""
+        await self.publish_input(run_id, body, msg_id=msg_id)
+
     async def append(self, run_id: str, body: h.Journal, expected: int) -> int:
         """Append a journal entry, fenced on the last sequence of the *whole run*.
 

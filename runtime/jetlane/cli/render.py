@@ -132,7 +132,13 @@ def status_text(status: RunStatus, now: datetime | None = None) -> Text:
         if status.attempt:
             text.append(f" (attempt {status.attempt})")
     if status.waiting_for:
-        what = "a timer" if status.waiting_for == "timer" else f"event {status.waiting_for!r}"
+        what = (
+            "a timer"
+            if status.waiting_for == "timer"
+            else f"child {status.waiting_for}"  # "run <id>": a step.invoke
+            if status.waiting_for.startswith("run ")
+            else f"event {status.waiting_for!r}"
+        )
         text.append(f", waiting for {what}")
         due = status.due_since(now or datetime.now(UTC))
         if due is not None:
@@ -220,6 +226,13 @@ class Printer:
                     f"{count} event{'s' if count > 1 else ''} stored after the end (forced);"
                     " nothing acts on them",
                 )
+            )
+        if status.parent is not None:
+            rows.append(("parent", f"{status.parent.run_id} (step {status.parent.step})"))
+        for child in status.children:
+            # one line per child run its steps started
+            rows.append(
+                ("child", f"{child.run_id} ({child.job}, step {child.step}): {child.status}")
             )
         for key, value in rows:
             self.console.print(f"  {key:<8} {value}")
