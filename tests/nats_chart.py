@@ -15,6 +15,9 @@ from typing import Any
 
 VALUES = Path(__file__).resolve().parent.parent / "deploy" / "nats-values.yaml"
 ACCOUNT = "JETLANE"
+"""The account of the streams and the runners."""
+CLIENTS = "CLIENTS"
+"""The account of every other role, which imports from ``ACCOUNT`` what it may use."""
 _RAW = re.compile(r'"<<\s+(.*?)\s+>>"')
 
 
@@ -26,9 +29,25 @@ def load_values() -> dict[str, Any]:
 
 
 def users(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The account's users by name (``user``), as the values declare them."""
-    entries = values["config"]["merge"]["accounts"][ACCOUNT]["users"]
-    return {entry["user"]: entry for entry in entries}
+    """Every account's users by name (``user``), as the values declare them."""
+    accounts = values["config"]["merge"]["accounts"]
+    return {entry["user"]: entry for account in accounts.values() for entry in account["users"]}
+
+
+def account_of(values: dict[str, Any], user: str) -> str:
+    """The account ``user`` logs in to."""
+    accounts = values["config"]["merge"]["accounts"]
+    (name,) = [a for a, acc in accounts.items() if user in {u["user"] for u in acc["users"]}]
+    return str(name)
+
+
+def api_prefix(values: dict[str, Any]) -> str:
+    """The prefix under which ``CLIENTS`` imports the JetStream API (what its users pass
+    as ``js_api_prefix``)."""
+    imports = values["config"]["merge"]["accounts"][CLIENTS]["imports"]
+    (to,) = [i["to"] for i in imports if i.get("service", {}).get("subject") == "$JS.API.INFO"]
+    assert isinstance(to, str) and to.endswith(".INFO")
+    return str(to).removesuffix(".INFO")
 
 
 def password_variable(user: dict[str, Any]) -> str:

@@ -50,7 +50,9 @@ RUNNER_ENV = CONNECTION_ENV | frozenset(
         "JETLANE_LOG_LEVEL",
     }
 )
-API_ENV = CONNECTION_ENV | frozenset({"JETLANE_API_TOKEN", "JETLANE_API_HOST"})
+API_ENV = CONNECTION_ENV | frozenset(
+    {"JETLANE_API_TOKEN", "JETLANE_API_HOST", "JETLANE_JS_API_PREFIX"}
+)
 SETUP_ENV = CONNECTION_ENV | frozenset({"JETLANE_REPLICAS", "JETLANE_PREFIX", "JETLANE_STREAM"})
 USERS_SECRET = "jetlane-nats-users"
 METRICS_PORT = 9090  # the runner's --metrics-port default
@@ -386,6 +388,12 @@ def test_every_component_connects_with_credentials_and_tls(docs: list[Doc]) -> N
         assert url.removeprefix("tls://").split(":")[0] in server_cert["dnsNames"]
         user = env["JETLANE_NATS_USER"]
         assert user in users, (name, user)
+        # A user of account CLIENTS reaches the JetStream API under the prefix its account
+        # imports it with; the runner's account (and the setup Job) under the default.
+        if nats_chart.account_of(values, user) == nats_chart.CLIENTS:
+            assert env["JETLANE_JS_API_PREFIX"] == nats_chart.api_prefix(values), name
+        else:
+            assert "JETLANE_JS_API_PREFIX" not in env, name
         assert env["JETLANE_NATS_PASSWORD"]["secretKeyRef"] == {"name": USERS_SECRET, "key": user}
         ca = Path(env["JETLANE_NATS_TLS_CA"])
         (mount,) = [m for m in container["volumeMounts"] if Path(m["mountPath"]) == ca.parent]
@@ -466,6 +474,8 @@ async def test_components_connect_to_the_deployed_accounts_over_tls(
         runner_options = options_of("Deployment", "jetlane-runner", ["runner"])
         api_options = options_of("Deployment", "jetlane-api", ["api"])
         assert (runner_options.user, api_options.user) == ("runner", "api")
+        assert runner_options.js_api_prefix is None
+        assert api_options.js_api_prefix == nats_chart.api_prefix(values)
         with pytest.raises(ConnectError):
             await Log.open(replace(api_options, password=None, reconnect=False), Names())
 

@@ -178,6 +178,12 @@ def make_pki(directory: Path) -> Pki:
 DEPLOYED = nats_chart.load_values()
 ROLES = nats_chart.users(DEPLOYED)
 PASSWORDS = {name: f"{name}-pw" for name in ROLES}
+# The roles of account CLIENTS reach the JetStream API under this prefix (the runner's
+# account, JETLANE, under the default $JS.API).
+CLIENT_ROLES = ("publisher", "auditor", "api")
+CLIENT_API = nats_chart.api_prefix(DEPLOYED)
+assert {nats_chart.account_of(DEPLOYED, r) for r in CLIENT_ROLES} == {nats_chart.CLIENTS}
+assert nats_chart.account_of(DEPLOYED, "runner") == nats_chart.ACCOUNT
 # May publish inputs but not read stream info: what a typo in a permission list does.
 LIMITED_PERMISSIONS = {"publish": ["jetlane.run.*.in"], "subscribe": ["_INBOX.>"]}
 
@@ -193,6 +199,7 @@ class Locked:
         return f"tls://127.0.0.1:{self.server.port}"
 
     def options(self, **auth: Any) -> ConnectOptions:
+        """Options for ``auth``; a role of account CLIENTS gets its JetStream API prefix."""
         base = ConnectOptions(
             url=self.tls_url,
             tls_ca=str(self.pki.ca),
@@ -200,6 +207,7 @@ class Locked:
             tls_key=str(self.pki.client_key),
             connect_timeout=2.0,
             reconnect=False,
+            js_api_prefix=CLIENT_API if auth.get("user") in CLIENT_ROLES else None,
         )
         return replace(base, **auth)
 
@@ -272,7 +280,15 @@ async def client_as(locked: Locked, **auth: Any) -> AsyncIterator[Client]:
 
 async def raw_log(locked: Locked, timeout: float = 1.0, **auth: Any) -> Log:
     """A log on a fresh connection with a short request timeout (denied publishes time out)."""
-    return Log(await connect_nats(locked.options(**auth)), NAMES, timeout=timeout)
+    options = locked.options(**auth)
+    api = options.js_api_prefix or "$JS.API"
+    return Log(await connect_nats(options), NAMES, timeout=timeout, api=api)
+
+
+def api_subjects(subject: str) -> list[str]:
+    """``subject`` (under ``$JS.API``) as a role of account CLIENTS could try it: under the
+    default prefix and under the one its account imports the API with."""
+    return [subject, CLIENT_API + subject.removeprefix("$JS.API")]
 
 
 # -- authentication -------------------------------------------------------------------
@@ -386,9 +402,9 @@ async def test_publisher_cannot_write_the_journal(locked: Locked, runner: Runner
             with pytest.raises(JetlaneError):
                 await raw._publish(NAMES.journal("forge1"), forged, headers)
             for subject in (
-                f"$JS.API.STREAM.PURGE.{STREAM}",
-                f"$JS.API.STREAM.DELETE.{STREAM}",
-                f"$JS.API.CONSUMER.DELETE.{STREAM}.{NAMES.consumer}",
+                *api_subjects(f"$JS.API.STREAM.PURGE.{STREAM}"),
+                *api_subjects(f"$JS.API.STREAM.DELETE.{STREAM}"),
+                *api_subjects(f"$JS.API.CONSUMER.DELETE.{STREAM}.{NAMES.consumer}"),
                 NAMES.timer("forge1", "t"),
                 NAMES.lease("forge1"),
             ):
@@ -528,8 +544,9 @@ async def test_api_role_serves_every_route_and_cannot_write_the_journal(
         try:
             with pytest.raises(JetlaneError):
                 await raw._publish(NAMES.journal("api1"), b"{}", {h.KIND_HEADER: "run_failed"})
-            with pytest.raises(JetlaneError):
-                await raw._publish(f"$JS.API.STREAM.PURGE.{STREAM}", b"{}", {})
+            for subject in api_subjects(f"$JS.API.STREAM.PURGE.{STREAM}"):
+                with pytest.raises(JetlaneError):
+                    await raw._publish(subject, b"{}", {})
         finally:
             await raw.close()
 
@@ -554,10 +571,9 @@ async def test_no_role_but_the_runner_can_rewrite_the_runners_consumer(
                 "max_ack_pending": 1,  # the whole pool: one delivery in flight
             },
         }
-        with contextlib.suppress(Exception):  # refused, or no answer: both fine
-            await nc.request(
-                f"$JS.API.CONSUMER.CREATE.{STREAM}", msgspec.json.encode(request), timeout=2
-            )
+        for subject in api_subjects(f"$JS.API.CONSUMER.CREATE.{STREAM}"):
+            with contextlib.suppress(Exception):  # refused, or no answer: both fine
+                await nc.request(subject, msgspec.json.encode(request), timeout=2)
     finally:
         await nc.close()
     async with client_as(locked, user="runner", password="runner-pw") as by_runner:
@@ -579,12 +595,12 @@ async def _refused(nc: Any, subject: str, body: dict[str, Any]) -> bool:
     return "error" in answer or (reply.headers or {}).get("Status") is not None
 
 
-@pytest.mark.parametrize("role", ["publisher", "auditor", "api"])
-async def test_other_roles_tail_by_name_and_cannot_reach_the_runners_consumer(
+@pytest.mark.parametrize("role", CLIENT_ROLES)
+async def test_other_roles_tail_and_cannot_make_or_reach_any_consumer(
     locked: Locked, runner: Runner, role: str
 ) -> None:
-    """Tails work for every role; the name-less create, creates without a run filter in
-    the subject, and every create, pull and delete of jetlane-runners are refused."""
+    """Tails work for every role (by direct gets: account CLIENTS imports no consumer API);
+    every consumer create, pull and delete is refused, under either API prefix."""
     async with client_as(locked, user="publisher", password="publisher-pw") as publisher:
         await publisher.log.publish_input("tailsec", h.Event(type="e"))
     async with client_as(locked, user=role, password=f"{role}-pw") as reader:
@@ -595,88 +611,96 @@ async def test_other_roles_tail_by_name_and_cannot_reach_the_runners_consumer(
             await tail.aclose()
     pull = {"ack_policy": "explicit", "filter_subject": f"{PREFIX}.run.*.in"}
     runners = {**pull, "name": NAMES.consumer, "max_ack_pending": 1}
-    other = {"name": "other", "ack_policy": "none", "filter_subject": f"{PREFIX}.dlq.>"}
+    tail_cfg = {"name": "tail-x", "ack_policy": "none", "filter_subject": f"{PREFIX}.run.>"}
     consumer_api = "$JS.API.CONSUMER"
     attempts = [
         (f"{consumer_api}.CREATE.{STREAM}", runners),
-        (f"{consumer_api}.CREATE.{STREAM}", {**other, "filter_subject": f"{PREFIX}.run.>"}),
         (f"{consumer_api}.CREATE.{STREAM}.{NAMES.consumer}.{PREFIX}.run.*.in", runners),
-        (f"{consumer_api}.CREATE.{STREAM}.{NAMES.consumer}", runners),
         (f"{consumer_api}.DURABLE.CREATE.{STREAM}.{NAMES.consumer}", runners),
-        (f"{consumer_api}.CREATE.{STREAM}.other", other),
-        (f"{consumer_api}.CREATE.{STREAM}.other.{PREFIX}.dlq.>", other),
+        (f"{consumer_api}.CREATE.{STREAM}.tail-x.{PREFIX}.run.>", tail_cfg),
         (f"{consumer_api}.MSG.NEXT.{STREAM}.{NAMES.consumer}", {"batch": 1, "expires": 10**9}),
         (f"{consumer_api}.DELETE.{STREAM}.{NAMES.consumer}", {}),
+        (f"{consumer_api}.INFO.{STREAM}.{NAMES.consumer}", {}),
     ]
+    tried = [(subject, body) for plain, body in attempts for subject in api_subjects(plain)]
     nc = await connect_nats(locked.options(user=role, password=f"{role}-pw"))
     try:
         outcomes = await asyncio.gather(
             *(
                 _refused(nc, subject, {"stream_name": STREAM, "config": body})
-                for subject, body in attempts
+                for subject, body in tried
             )
         )
     finally:
         await nc.close()
     assert [
-        subject for (subject, _), refused in zip(attempts, outcomes, strict=True) if not refused
+        subject for (subject, _), refused in zip(tried, outcomes, strict=True) if not refused
     ] == []
     async with client_as(locked, user="runner", password="runner-pw") as by_runner:
         info = await by_runner.log.js.consumer_info(STREAM, NAMES.consumer)
         names = [c.name for c in await by_runner.log.js.consumers_info(STREAM)]
     assert info.config.max_ack_pending != 1 and info.num_ack_pending == 0
-    assert "other" not in names
+    assert names == [NAMES.consumer]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: nats-server does not check a push consumer's deliver subject against "
-    "its creator's publish permissions (nats-io/nats-server#8274), and a role that may "
-    "create a tail's consumer by name may set deliver_subject in the body",
-)
+@pytest.mark.parametrize("role", CLIENT_ROLES)
 async def test_no_role_but_the_runner_can_create_a_push_consumer(
-    locked: Locked, runner: Runner
+    locked: Locked, runner: Runner, role: str
 ) -> None:
-    nc = await connect_nats(locked.options(user="auditor", password="auditor-pw"))
-    try:
-        config = {
-            "name": "tail-push",
-            "deliver_subject": f"{PREFIX}.api.wake.echo-sec",
-            "ack_policy": "none",
-            "filter_subject": f"{PREFIX}.run.>",
-        }
-        subject = f"$JS.API.CONSUMER.CREATE.{STREAM}.tail-push.{PREFIX}.run.>"
-        refused = await _refused(nc, subject, {"stream_name": STREAM, "config": config})
-    finally:
-        await nc.close()
-    assert refused
+    """A push consumer delivers in the stream's account, onto any subject there (nats-server
+    checks no permission on its deliver_subject): the roles' account has no way to make one."""
+    deliver = f"{PREFIX}.api.wake.echo-sec"
+    async with client_as(locked, user="runner", password="runner-pw") as by_runner:
+        heard = await by_runner.log.nc.subscribe(deliver)  # what a delivery would reach
+        nc = await connect_nats(locked.options(user=role, password=f"{role}-pw"))
+        try:
+            config = {
+                "name": "tail-push",
+                "deliver_subject": deliver,
+                "ack_policy": "none",
+                "filter_subject": f"{PREFIX}.run.>",
+            }
+            body = {"stream_name": STREAM, "config": config}
+            for plain in (
+                f"$JS.API.CONSUMER.CREATE.{STREAM}.tail-push.{PREFIX}.run.>",
+                f"$JS.API.CONSUMER.CREATE.{STREAM}.tail-push",
+                f"$JS.API.CONSUMER.CREATE.{STREAM}",
+                f"$JS.API.CONSUMER.DURABLE.CREATE.{STREAM}.tail-push",
+            ):
+                for subject in api_subjects(plain):
+                    assert await _refused(nc, subject, body), subject
+        finally:
+            await nc.close()
+        names = [c.name for c in await by_runner.log.js.consumers_info(STREAM)]
+        assert "tail-push" not in names
+        with pytest.raises(TimeoutError):  # nats-py's timeout is one: nothing was delivered
+            await heard.next_msg(timeout=0.5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (found while closing the consumer one): NATS checks no permission on "
-    "a request's reply subject, and JetStream answers a direct get (or a pull) there, inside "
-    "the account, where the runs stream stores it: a direct get whose reply subject is a "
-    "journal stores a copy of any message as a journal entry",
-)
+@pytest.mark.parametrize("role", CLIENT_ROLES)
 async def test_no_role_but_the_runner_can_write_a_journal_through_a_reply_subject(
-    locked: Locked, runner: Runner
+    locked: Locked, runner: Runner, role: str
 ) -> None:
+    """A direct get's answer goes to the request's reply subject, which NATS checks against no
+    permission: across the account boundary it is routed back into CLIENTS, never stored."""
     async with client_as(locked, user="publisher", password="publisher-pw") as publisher:
         bait = await publisher.log._publish(
             NAMES.inbox("bait"),
             msgspec.json.encode({"output": "forged"}),
             {h.KIND_HEADER: "run_completed"},
         )
-        await publisher.log.nc.publish(
-            f"$JS.API.DIRECT.GET.{STREAM}",
-            msgspec.json.encode({"seq": bait.seq}),
-            reply=NAMES.journal("victim"),
-        )
-
-        async def forged() -> bool:
-            return await publisher.log.last_entry("victim") is not None
-
-        with contextlib.suppress(AssertionError):  # not stored: the wait runs out
-            await eventually(forged, timeout=3, what="a forged journal entry")
-        assert not await forged()
+    async with client_as(locked, user=role, password=f"{role}-pw") as client:
+        victims = {"journal": NAMES.journal("victim"), "inbox": NAMES.inbox("victim-in")}
+        for reply in victims.values():
+            for subject in api_subjects(f"$JS.API.DIRECT.GET.{STREAM}"):
+                await client.log.nc.publish(
+                    subject, msgspec.json.encode({"seq": bait.seq}), reply=reply
+                )
+        # Known-good request after the attempts, on the same connection: they were processed.
+        assert (await client.log.read_raw(NAMES.inbox("bait")).__anext__()).data
+        await client.log.flush()
+    async with client_as(locked, user="runner", password="runner-pw") as by_runner:
+        # An answer stored as an entry would be there by now: the runner's read comes after
+        # the server answered the request above on the same connection (in order).
+        assert await by_runner.log.last_entry("victim") is None
+        assert not await by_runner.log.exists("victim-in")

@@ -11,12 +11,12 @@ import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from .._core.errors import ConnectError
+from .._core.errors import ConfigError, ConnectError
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,29 @@ class ConnectOptions:
     name: str = "jetlane"
     reconnect: bool = True
     connect_timeout: float = 5.0
+    js_api_prefix: str | None = None
+    """Where this connection reaches the JetStream API (default ``$JS.API``): a client in
+    another account that imports it under a prefix (e.g. ``$JS.jetlane.API``). With one,
+    jetlane uses only the read part of the API (see ``Log``)."""
+
+    def __post_init__(self) -> None:
+        if self.js_api_prefix is not None:
+            check_api_prefix(self.js_api_prefix)
+
+
+DEFAULT_API: Final = "$JS.API"
+
+
+def check_api_prefix(prefix: str) -> str:
+    """``prefix`` when it can stand before ``.STREAM.INFO...``: dot-separated tokens, no
+    wildcards or spaces; a ``ConfigError`` otherwise."""
+    tokens = prefix.split(".")
+    if not prefix or any(not t or t in ("*", ">") or any(c.isspace() for c in t) for t in tokens):
+        raise ConfigError(
+            f"invalid JetStream API prefix {prefix!r}: dot-separated tokens without "
+            "wildcards or spaces (e.g. $JS.jetlane.API)"
+        )
+    return prefix
 
 
 class _Errors:

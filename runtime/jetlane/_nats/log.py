@@ -32,9 +32,10 @@ from .._core.durations import format_time
 from .._core.errors import DecodeError, JetlaneError
 from .._core.errors import FenceLost as FenceLost
 from .._core.errors import NoResponders as NoResponders
-from .connection import ConnectOptions, _Errors, connect_nats
+from .connection import DEFAULT_API, ConnectOptions, _Errors, check_api_prefix, connect_nats
 from .errors import nats_errors
 from .names import Names
+from .poll import PolledTail
 from .pull import Delivery, Puller
 from .router import ReplyRouter
 from .scan import Value, last_values, subjects
@@ -102,13 +103,25 @@ def _by_seq(msg: h.Message) -> int:
 class Log:
     """A run log over one JetStream stream."""
 
-    def __init__(self, nc: NATS, names: Names | None = None, *, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        names: Names | None = None,
+        *,
+        timeout: float = 5.0,
+        api: str = DEFAULT_API,
+    ) -> None:
         self.nc = nc
-        self.js = nc.jetstream(timeout=timeout)
+        self.api = check_api_prefix(api)
+        self.js = nc.jetstream(timeout=timeout, prefix=api)
         self.names = names or Names()
         self.timeout = timeout
         self.router = ReplyRouter(nc, timeout)
-        self._direct = f"$JS.API.DIRECT.GET.{self.names.stream}"
+        # The API subjects, made once (a prefix costs nothing per request).
+        self._direct = f"{api}.DIRECT.GET.{self.names.stream}"
+        self._direct_waiting = f"{api}.DIRECT.GET.{self.names.waiting_stream}"
+        self._direct_leases = f"{api}.DIRECT.GET.{self.names.lease_stream}"
+        self._purges: dict[str, str] = {}
         self.lease_ttl = 30.0
         self._errors = _Errors()
         self._lease_replicas = 1
@@ -126,7 +139,7 @@ class Log:
     ) -> Log:
         errors = _Errors()
         nc = await connect_nats(options, errors)
-        log = cls(nc, names)
+        log = cls(nc, names, api=options.js_api_prefix or DEFAULT_API)
         log._errors = log.streams.errors = errors
         if setup:
             try:
@@ -155,6 +168,12 @@ class Log:
         """Deliveries waiting plus in flight on the runners' consumer."""
         with nats_errors("a consumer info"):
             return await self.streams.consumer_pending()
+
+    @property
+    def prefixed(self) -> bool:
+        """Whether the JetStream API is reached under a prefix: a client in an account that
+        imports only its read part (direct gets, stream info), so tails poll."""
+        return self.api != DEFAULT_API
 
     @property
     def connected(self) -> bool:
@@ -233,7 +252,9 @@ class Log:
         on_message: Callable[[Delivery], Awaitable[None]],
         recreate: Callable[[], Awaitable[None]],
     ) -> Puller:
-        return Puller(self.nc, self.names.stream, self.names.consumer, on_message, recreate)
+        return Puller(
+            self.nc, self.names.stream, self.names.consumer, on_message, recreate, api=self.api
+        )
 
     @contextlib.asynccontextmanager
     async def watch_journal(
@@ -402,7 +423,10 @@ class Log:
         request: dict[str, Any] = {"filter": subject}
         if below is not None:
             request["seq"] = below
-        reply = await self._request(f"$JS.API.STREAM.PURGE.{stream}", msgspec.json.encode(request))
+        purge = self._purges.get(stream)
+        if purge is None:
+            purge = self._purges[stream] = f"{self.api}.STREAM.PURGE.{stream}"
+        reply = await self._request(purge, msgspec.json.encode(request))
         answer = msgspec.json.decode(reply.data)
         if "error" in answer:
             raise JetlaneError(f"purge of {subject} failed: {answer['error']}")
@@ -484,7 +508,7 @@ class Log:
         """(job, why) of the run's waiting mark (``why`` as ``waiting_runs`` says it), or
         None when it has none."""
         reply = await self._request(
-            f"$JS.API.DIRECT.GET.{self.names.waiting_stream}",
+            self._direct_waiting,
             msgspec.json.encode({"last_by_subj": self.names.waiting(run_id)}),
         )
         if (reply.headers or {}).get("Status") is not None:
@@ -516,9 +540,8 @@ class Log:
 
     async def lease(self, run_id: str) -> tuple[str, int] | None:
         """The run's lease now: (holder, sequence), or None."""
-        direct = f"$JS.API.DIRECT.GET.{self.names.lease_stream}"
         reply = await self._request(
-            direct, msgspec.json.encode({"last_by_subj": self.names.lease(run_id)})
+            self._direct_leases, msgspec.json.encode({"last_by_subj": self.names.lease(run_id)})
         )
         headers = reply.headers or {}
         if headers.get("Status") is not None:
@@ -626,7 +649,10 @@ class Log:
 
     def tail(self, subject: str, start: int) -> AsyncGenerator[h.Message]:
         """Follow ``subject`` from ``start``, fired timers included: every message once,
-        in stream order, across server restarts and reconnects (see ``Tail``)."""
+        in stream order, across server restarts and reconnects: by a named pull consumer
+        (``Tail``), or by direct gets under a JetStream API prefix (``PolledTail``)."""
+        if self.prefixed:
+            return PolledTail(self, subject, start).follow()
         return Tail(self, subject, start).follow()
 
     def decode_delivered_core(self, raw: Msg) -> h.Message:

@@ -27,6 +27,7 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from .connection import DEFAULT_API
 from .errors import nats_errors
 
 logger = structlog.get_logger("jetlane.runner")
@@ -98,12 +99,13 @@ class Puller:
         recreate: Callable[[], Awaitable[None]],
         *,
         expires: float = EXPIRES,
+        api: str = DEFAULT_API,
     ) -> None:
         self.nc = nc
         self.expires = expires
         self.on_message = on_message
         self.recreate = recreate
-        self._next = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._next = f"{api}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._prefix = ""
         self._sub: Any = None
         self._tokens = itertools.count()

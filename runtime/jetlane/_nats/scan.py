@@ -66,7 +66,7 @@ async def last_values(log: Log, stream: str) -> AsyncIterator[Value]:
     batch of ``BATCH`` messages is held (the next is fetched while the caller
     works through the current one).
     """
-    direct = f"$JS.API.DIRECT.GET.{stream}"
+    direct = f"{log.api}.DIRECT.GET.{stream}"
     ahead: asyncio.Task[Batch] | None = asyncio.create_task(
         log.router.batch(direct, {"seq": 1, "batch": BATCH})
     )
@@ -117,7 +117,7 @@ async def _subjects_page(log: Log, stream: str, subject_filter: str, offset: int
     # nats-py's own request: a page of 100,000 subjects takes the server about a
     # second at 1M subjects, longer than the log's request timeout.
     reply = await log.ask(
-        f"$JS.API.STREAM.INFO.{stream}",
+        f"{log.api}.STREAM.INFO.{stream}",
         msgspec.json.encode(request),
         timeout=max(log.timeout, INFO_TIMEOUT),
     )

@@ -116,7 +116,7 @@ class Tail:
             "mem_storage": True,
         }
         request = {"stream_name": self.stream, "config": config, "action": "create"}
-        subject = f"$JS.API.CONSUMER.CREATE.{self.stream}.{self.name}.{self.subject}"
+        subject = f"{self.log.api}.CONSUMER.CREATE.{self.stream}.{self.name}.{self.subject}"
         what = f"a tail of {self.subject}"
         with nats_errors(what):
             reply = await self.log.nc.request(
@@ -139,7 +139,7 @@ class Tail:
         pull = msgspec.json.encode(
             {"batch": BATCH, "expires": _ns(EXPIRES), "idle_heartbeat": _ns(HEARTBEAT)}
         )
-        next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.name}"
+        next_subject = f"{self.log.api}.CONSUMER.MSG.NEXT.{self.stream}.{self.name}"
         delivered = 0  # the consumer's sequence of the last message
         while True:
             with nats_errors(f"a tail's pull request on {self.subject}"):
@@ -185,7 +185,7 @@ class Tail:
         nc = self.log.nc
         if not self.name or not nc.is_connected:
             return
-        subject = f"$JS.API.CONSUMER.DELETE.{self.stream}.{self.name}"
+        subject = f"{self.log.api}.CONSUMER.DELETE.{self.stream}.{self.name}"
         with contextlib.suppress(Exception):  # the server also removes it when inactive
             await nc.request(subject, b"", timeout=1.0)
 

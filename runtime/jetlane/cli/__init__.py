@@ -93,6 +93,13 @@ def _connection_flags(*, nats_default: str | None) -> argparse.ArgumentParser:
     ):
         var = "JETLANE_NATS_" + flag[2:].upper().replace("-", "_")
         _flag(group, flag, var, text)
+    _flag(
+        group,
+        "--js-api-prefix",
+        "JETLANE_JS_API_PREFIX",
+        "JetStream API prefix, for a client in an account that imports the API under one "
+        "(e.g. $JS.jetlane.API; runners keep the default $JS.API)",
+    )
     _flag(group, "--prefix", "JETLANE_PREFIX", "subject prefix", "jetlane")
     _flag(group, "--stream", "JETLANE_STREAM", "stream name", "JETLANE")
     return parent
@@ -320,6 +327,7 @@ def connect_options(args: argparse.Namespace, url: str | None = None) -> Connect
         tls_ca=args.tls_ca,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        js_api_prefix=args.js_api_prefix or None,
         name="jetlane-cli",
     )
 

@@ -553,6 +553,7 @@ def child_env(args: argparse.Namespace, url: str) -> dict[str, str]:
     }
     for flag in ("user", "password", "token", "creds", "nkey_seed"):
         settings["JETLANE_NATS_" + flag.upper()] = getattr(args, flag)
+    settings["JETLANE_JS_API_PREFIX"] = getattr(args, "js_api_prefix", None)
     for flag in ("tls_ca", "tls_cert", "tls_key"):
         settings["JETLANE_NATS_" + flag.upper()] = getattr(args, flag)
     for var, value in settings.items():
