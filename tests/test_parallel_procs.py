@@ -8,7 +8,9 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from jetlane import Client, Context, Names, define_job, step
+import pytest
+
+from jetlane import Client, Context, Names, RunFailedError, define_job, step
 from jetlane.embedded import EmbeddedNats
 
 from .helpers import StartRunner, eventually
@@ -77,3 +79,32 @@ async def test_parallel_branches_with_timers_and_children_on_a_real_runner(
     assert result == {"sizes": [1, 2, 3], "ack": "ok", "total": 6, "by": "rejected"}
     kinds = [m.kind async for m in client.history("par-1")]
     assert kinds.count("step_completed") == 3 and kinds.count("sleep_completed") == 1
+
+
+async def test_a_cancel_during_a_fan_out_stops_it_with_only_the_steps_in_flight_finishing(
+    nats_server: EmbeddedNats, client: Client, names: Names, tmp_path: Path
+) -> None:
+    exec_log = tmp_path / "exec.log"
+    runner = RunnerProcess(nats_server.url, names, exec_log, tag="c")
+    try:
+        await client.start("fan-out-capped", {"n": 40, "delay": 0.2}, run_id="fan-c")
+
+        async def some_done() -> bool:
+            done = [m async for m in client.history("fan-c") if m.kind == "step_completed"]
+            return len(done) >= 4
+
+        await eventually(some_done, timeout=30, what="a few branches to complete")
+        assert await client.cancel("fan-c", "enough")
+        with pytest.raises(RunFailedError) as ended:
+            await client.result("fan-c", timeout=30)
+        assert ended.value.status == "cancelled"
+    finally:
+        runner.kill()
+    history = [m async for m in client.history("fan-c")]
+    cancel_at = next(m.seq for m in history if m.kind == "cancel")
+    outcomes = [m for m in history if m.kind == "step_completed"]
+    # Steps started before the cancel was taken in (at most 4 at a time) may finish;
+    # none starts after it: every execution is one the journal shows or one in flight.
+    ran = executions(exec_log)
+    assert len(ran) <= len(outcomes) + 4 and len(ran) < 40
+    assert history[-1].kind == "run_cancelled" and history[-1].seq > cancel_at

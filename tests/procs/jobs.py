@@ -172,3 +172,19 @@ async def waiting_parent(ctx: Context, input: None) -> Any:
 @job("waiting-child")
 async def waiting_child(ctx: Context, input: None) -> Any:
     return await step.wait_for_event("go", type="go", timeout="10m")
+
+
+@job("fan-out-capped", max_parallel=4)
+async def fan_out_capped(ctx: Context, input: dict[str, Any]) -> list[int]:
+    """``n`` parallel branches of one ``delay``-second step each, 4 at a time."""
+
+    def work(i: int) -> Any:
+        async def run() -> int:
+            _record(ctx)
+            await asyncio.sleep(float(input.get("delay", 0.2)))
+            return i
+
+        return run
+
+    n = int(input["n"])
+    return list(await asyncio.gather(*(step.do(f"part:{i}", work(i)) for i in range(n))))
