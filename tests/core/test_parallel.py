@@ -487,3 +487,26 @@ async def test_a_cancel_taken_in_mid_fan_out_starts_no_further_step() -> None:
     assert isinstance(done, Finished) and isinstance(done.entry, h.RunCancelled)
     # The cancel is taken in at the first fenced append, before any slot is refilled.
     assert len(started) == 8 and "s99" not in started
+
+
+async def test_a_paused_fan_out_replayed_by_a_fresh_runner_stays_held() -> None:
+    """Found by the chaos checker: a runner that replays a paused run from scratch (its
+    predecessor died) must not take the next event or step until a resume."""
+    gauge = Gauge()
+
+    async def handler(ctx: Context) -> Any:
+        await asyncio.gather(*(step.do(f"s{i}", gauge.step(f"s{i}", i, 0.01)) for i in range(3)))
+        return await step.wait_for_event("go", type="go", timeout="1h")
+
+    d = Driver(job_of(handler))
+    parked = await d.advance()  # the fan-out ran; the run waits for "go"
+    assert isinstance(parked, Park) and len(of(d, h.StepCompleted)) == 3
+    d.publish(h.Pause())
+    assert isinstance(await d.advance(), Park)
+    await d.crash()  # a fresh core replays the paused run
+    d.event("go", 1)
+    assert isinstance(await d.advance(), Park)
+    assert not of(d, h.EventReceived) and not of(d, h.RunCompleted)
+    d.publish(h.Resume())
+    done = await d.advance()
+    assert isinstance(done, Finished) and plain(of(d, h.RunCompleted)[0].output) == 1

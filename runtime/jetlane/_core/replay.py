@@ -249,7 +249,6 @@ class Replay:
         if (
             self.paused
             and reply is None
-            and self._task is not None
             and self.terminal is None
             and self.recorded.cancel is None
             and self._blocked is None
@@ -431,6 +430,10 @@ class Replay:
                 if decision is not None:
                     return decision
                 continue
+            if self.paused and not self._executing:
+                # Held: nothing new is decided (a branch could take an event, or leave
+                # a replay's gate) until a resume; steps in flight have reported.
+                return self._paused_park()
             if (self._turns or self._unconsumed or self._gate) and self._schedule_turn():
                 continue
             if self._executing:
