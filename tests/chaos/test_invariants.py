@@ -216,6 +216,11 @@ async def test_invariants_hold_under_faults(
     report = tmp_path / "violations.txt"
     violations.sort(key=lambda v: (v.invariant, v.kind, v.run_id))
     report.write_text("".join(f"{v}\n" for v in violations))
+    dump = tmp_path / "histories.jsonl"  # the histories of the runs that broke a promise
+    with dump.open("wb") as out:
+        for run_id in sorted({v.run_id for v in violations}):
+            for msg in [*histories.get(run_id, []), *children.get(run_id, [])]:
+                out.write(msgspec.json.encode(msg.to_json()) + b"\n")
     kinds: dict[tuple[str, str], list[Violation]] = {}
     for violation in violations:
         kinds.setdefault((violation.invariant, violation.kind), []).append(violation)
@@ -228,7 +233,8 @@ async def test_invariants_hold_under_faults(
         if bad_lines:
             print(f"  ({bad_lines} unreadable effect-log lines)")
         if violations:
-            print(f"  replay: JETLANE_TEST_SEED={seed}; violations also in {report}")
+            print(f"  replay: JETLANE_TEST_SEED={seed}; violations also in {report}, ")
+            print(f"  the histories of those runs in {dump}")
     assert faults["runner_sigkill"] + faults["server_sigkill"] + faults["runner_sigstop"] > 0
     assert set(tally.counts) == set(INVARIANTS), tally.counts
     assert not violations, f"{len(violations)} violations (JETLANE_TEST_SEED={seed}): {line}"

@@ -73,7 +73,7 @@ def draw_plan(rng: random.Random) -> Plan:
         n = rng.randint(1, 2)
         job_input["child"] = {
             "steps": n,
-            "at": rng.randrange(fanned, steps) if rng.random() < 0.6 else None,
+            "at": rng.randrange(fanned, steps) if fanned < steps and rng.random() < 0.6 else None,
             "detached": rng.random() < 0.3,
             "timeout": "10m" if rng.random() < 0.5 else None,  # armed, forgeable, never due
             "sync": [i for i in range(n) if rng.random() < 0.4],
