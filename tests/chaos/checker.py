@@ -30,6 +30,12 @@ I4 timers: a sleep, wait timeout or retry ends no earlier than its timer's
 I5 inputs: every acknowledged start and event is in the run's history and
    acted on; only the malformed inputs sent on purpose are dead-lettered.
 I6 journal: append-only, well-formed, bounded.
+I7 children: a child run (``step.invoke``, ``step.start_run``) named by its
+   parent's ``child_started`` was started once, by that step, and its own history
+   keeps I1-I6; an invoke's ``child_result`` (and the parent's output) match the
+   child's terminal entry, and the parent goes no further until the child ended;
+   a parent that ended while waiting leaves its child cancelled (or already
+   ended); a detached child is never cancelled by anyone here.
 """
 
 from __future__ import annotations
@@ -57,9 +63,23 @@ VALUES = "I3 values"
 TIMERS = "I4 timers"
 INPUTS = "I5 inputs"
 JOURNAL = "I6 journal"
-INVARIANTS = (CANCEL_PAUSE, REEXECUTION, VALUES, TIMERS, INPUTS, JOURNAL)
+CHILDREN = "I7 children"
+INVARIANTS = (CANCEL_PAUSE, REEXECUTION, VALUES, TIMERS, INPUTS, JOURNAL, CHILDREN)
 
-OUTCOMES = (h.StepCompleted, h.StepFailed, h.SleepCompleted, h.EventReceived, h.WaitTimedOut)
+OUTCOMES = (
+    h.StepCompleted,
+    h.StepFailed,
+    h.SleepCompleted,
+    h.EventReceived,
+    h.WaitTimedOut,
+    h.ChildResult,
+    h.ChildTimedOut,
+)
+STATUS: dict[type[Any], str] = {
+    h.RunCompleted: "completed",
+    h.RunFailed: "failed",
+    h.RunCancelled: "cancelled",
+}
 
 
 @dataclass(frozen=True)
@@ -105,6 +125,7 @@ class Sent:
     may_fail: bool = False
     logs_effects: bool = True  # its job's steps write the effect log
     budget: int | None = None  # most journal entries a run of its job may have
+    unsure_starts: bool = False  # a raw start whose ack was lost: it may be stored, unnamed
 
 
 class Tally:
@@ -428,6 +449,10 @@ def check_values(
         if isinstance(msg.body, h.ValuesRecorded):
             recorded.extend(msg.body.values)
     known = set(map(str, recorded))
+    start = next((m.body for m in history if isinstance(m.body, h.Start)), None)
+    given = start.input.get("values") if start and isinstance(start.input, dict) else None
+    if start is not None and start.parent is not None and isinstance(given, list):
+        known |= set(map(str, given))  # a child's values: its parent took and recorded them
     times = [t for t in (epoch(m.time) for m in _journal(history)) if t is not None]
     for ex in executions:
         if ex.value is None:
@@ -510,12 +535,15 @@ def check_timers(
     by_seq = {m.seq: m for m in history}
     timer_sets: dict[tuple[str, str], h.Message] = {}
     waits: dict[str, h.WaitStarted] = {}
+    invokes: dict[str, h.ChildStarted] = {}
     for msg in _journal(history):
         body = msg.body
         if isinstance(body, h.TimerSet):
             timer_sets.setdefault((body.step, body.purpose), msg)
         elif isinstance(body, h.WaitStarted):
             waits.setdefault(body.step, body)
+        elif isinstance(body, h.ChildStarted):
+            invokes.setdefault(body.step, body)
 
     def ended(msg: h.Message, due: str | None, purpose: str, input_seq: int | None) -> None:
         step = msg.body.step
@@ -583,6 +611,26 @@ def check_timers(
             ended(
                 msg, wait.timeout_at if wait is not None else None, "wait_timeout", body.input_seq
             )
+        elif isinstance(body, h.ChildTimedOut):
+            invoke = invokes.get(body.step)
+            due = invoke.timeout_at if invoke is not None else None
+            due_at = epoch(due) if due is not None else None
+            at = epoch(msg.time)
+            tally(TIMERS)
+            if due_at is None or (at is not None and at < due_at - SLACK):
+                found.append(
+                    Violation(
+                        TIMERS,
+                        "child-timed-out-early",
+                        run_id,
+                        f"{_entry(msg)} gave up on child run {body.run_id!r} "
+                        + (
+                            f"{due_at - at:.3f}s before its deadline ({due})"
+                            if due_at is not None and at is not None
+                            else "although its invoke had no timeout"
+                        ),
+                    )
+                )
     found += _retries(run_id, history, executions, tally, names, fired, sent)
     return found
 
@@ -818,6 +866,7 @@ _REFERS: dict[type[Any], type[Any]] = {
     h.WaitTimedOut: h.Timer,
     h.EventReceived: h.Event,
     h.RunCancelled: h.Cancel,
+    h.ChildResult: h.ChildEnded,
 }
 
 
@@ -865,6 +914,7 @@ def check_journal(
     attempts: dict[str, int] = {}
     closed: dict[str, h.Message] = {}  # step -> its final outcome
     pending_retry: dict[str, str] = {}  # step -> retry_at still owed a timer_set
+    children: dict[str, h.Message] = {}  # step -> its child_started
     for msg in journal:
         body = msg.body
         tally(JOURNAL)
@@ -910,7 +960,15 @@ def check_journal(
                 closed.setdefault(body.step, msg)
             elif isinstance(body, h.StepFailed) and body.retry_at is not None:
                 pending_retry[body.step] = body.retry_at
-        elif isinstance(body, h.SleepCompleted | h.EventReceived | h.WaitTimedOut):
+        elif isinstance(body, h.ChildStarted):
+            if body.step in children:
+                bad(
+                    "second-child-started",
+                    f"{_entry(msg)}: the step already started a child "
+                    f"({_entry(children[body.step])})",
+                )
+            children.setdefault(body.step, msg)
+        elif isinstance(body, OUTCOMES) and not isinstance(body, h.StepCompleted | h.StepFailed):
             if body.step in closed:
                 bad(
                     "second-outcome",
@@ -924,7 +982,11 @@ def check_journal(
                     "retry-timer-mismatch",
                     f"{_entry(msg)}: fire_at {body.fire_at} but the failure said {due}",
                 )
-        elif isinstance(body, h.TimerSet) and body.purpose not in ("sleep", "wait_timeout"):
+        elif isinstance(body, h.TimerSet) and body.purpose not in (
+            "sleep",
+            "wait_timeout",
+            "child_timeout",
+        ):
             bad("bad-purpose", f"{_entry(msg)}: unknown timer purpose {body.purpose!r}")
         elif isinstance(body, h.ValuesRecorded) and not body.values:
             bad("empty-values", f"{_entry(msg)} records no values")
@@ -938,6 +1000,216 @@ def check_journal(
                 "over-budget",
                 f"the journal holds {len(journal)} entries, more than any run of its job "
                 f"can write ({budget}): {dict(counts.most_common(4))}",
+            )
+    return found
+
+
+# -- I7 ------------------------------------------------------------------------
+
+
+def check_children(
+    run_id: str,
+    history: Sequence[h.Message],
+    executions: Sequence[Execution],
+    tally: Tally,
+    *,
+    children: Mapping[str, Sequence[h.Message]],
+    sent_to: Mapping[str, Sent] | None = None,
+    settled: bool = True,
+) -> list[Violation]:
+    """I7: the children a run's journal names, seen from both sides.
+
+    ``children`` holds the history of each child run the parent's ``child_started``
+    entries name (missing: not read, or empty); ``sent_to`` what the harness sent to
+    them (raw duplicate starts). Each child's own history is checked by ``check_run``.
+    """
+    found: list[Violation] = []
+
+    def bad(kind: str, evidence: str) -> None:
+        found.append(Violation(CHILDREN, kind, run_id, evidence))
+
+    journal = _journal(history)
+    terminal = _terminal(history)
+    by_seq = {m.seq: m for m in history}
+    told: Any = None  # what the parent's output says of its child
+    if terminal is not None and isinstance(terminal.body, h.RunCompleted):
+        output = terminal.body.output
+        told = output.get("child") if isinstance(output, dict) else None
+    for msg in journal:
+        body = msg.body
+        if not isinstance(body, h.ChildStarted) or body.error is not None:
+            continue
+        child_id = body.run_id
+        child = children.get(child_id, ())
+        starts = [m for m in child if isinstance(m.body, h.Start)]
+        tally(CHILDREN)
+        if not starts:
+            bad(
+                "child-not-started",
+                f"{_entry(msg)} names child run {child_id!r}, whose inbox holds no start",
+            )
+            continue
+        first = starts[0]
+        want = h.Parent(run_id=run_id, step=body.step, detached=body.detached)
+        if first.body.parent != want or first.body.job != body.job:
+            bad(
+                "wrong-child",
+                f"{_entry(msg)} names run {child_id!r} of job {body.job!r}, whose start "
+                f"#{first.seq} is job {first.body.job!r} with parent {first.body.parent}",
+            )
+        sent = (sent_to or {}).get(child_id) or Sent(child_id)
+        extra = [m for m in starts[1:] if m.seq not in sent.starts]
+        tally(CHILDREN)
+        if extra and not sent.unsure_starts:
+            listed = ", ".join(f"#{m.seq}" for m in extra)
+            bad(
+                "child-started-twice",
+                f"child run {child_id!r} of {_entry(msg)} holds starts #{first.seq} and "
+                f"{listed}: create-once stored a second one",
+            )
+        ended = _terminal(child)
+        cancels = [m for m in child if isinstance(m.body, h.Cancel)]
+        if body.detached:
+            tally(CHILDREN)
+            if cancels:
+                bad(
+                    "detached-child-cancelled",
+                    f"detached child run {child_id!r} of {_entry(msg)} got a cancel "
+                    f"#{cancels[0].seq}",
+                )
+            if isinstance(told, dict) and "run_id" in told:
+                tally(CHILDREN)
+                if told["run_id"] != child_id:
+                    bad(
+                        "output-mismatch",
+                        f"the output names child run {told['run_id']!r}, the journal "
+                        f"{child_id!r} ({_entry(msg)})",
+                    )
+            continue
+        closing = next(
+            (
+                m
+                for m in journal
+                if isinstance(m.body, h.ChildResult | h.ChildTimedOut)
+                and m.body.step == body.step
+                and m.seq > msg.seq
+            ),
+            None,
+        )
+        if closing is not None and isinstance(closing.body, h.ChildResult):
+            found += _result(run_id, closing, child_id, ended, by_seq, told, tally)
+        # The parent goes no further than its invoke until the child's end is taken.
+        stop = closing or terminal
+        between = [m for m in journal if m.seq > msg.seq and (stop is None or m.seq < stop.seq)]
+        past = [
+            m
+            for m in between
+            if isinstance(m.body, h.ValuesRecorded)
+            or getattr(m.body, "step", body.step) != body.step
+        ]
+        tally(CHILDREN)
+        if past:
+            listed = "; ".join(_entry(m) for m in past)
+            bad(
+                "went-past-invoke",
+                f"while {_entry(msg)} waited"
+                + (f" (until {_entry(closing)})" if closing is not None else "")
+                + f", the journal went on: {listed}",
+            )
+        since = epoch(msg.time)
+        until = epoch(stop.time) if stop is not None else None
+        if since is not None:
+            tally(CHILDREN)
+            ran = [
+                e
+                for e in executions
+                if e.begin > since + SLACK and (until is None or e.begin < until - SLACK)
+            ]
+            if ran:
+                listed = "; ".join(f"{e.describe()} at {_clock(e.begin)}" for e in ran)
+                bad("ran-during-invoke", f"while {_entry(msg)} waited: {listed}")
+        # A parent that ended while waiting leaves its child cancelled (or ended).
+        if terminal is not None and closing is None:
+            tally(CHILDREN)
+            if ended is None:
+                if settled:
+                    bad(
+                        "orphaned-child",
+                        f"the parent ended ({_entry(terminal)}) while {_entry(msg)} waited, "
+                        f"and child run {child_id!r} never ended"
+                        + (f" (cancel #{cancels[0].seq} stored)" if cancels else " (no cancel)"),
+                    )
+            else:
+                parent_end, child_end = epoch(terminal.time) or 0.0, epoch(ended.time) or 0.0
+                late = parent_end > 0 and child_end > 0
+                if late and child_end > parent_end + SLACK and not cancels:
+                    bad(
+                        "child-not-cancelled",
+                        f"the parent ended ({_entry(terminal)}) while {_entry(msg)} waited; "
+                        f"child run {child_id!r} ended after it ({ended.kind} at "
+                        f"{_clock(child_end)}) and was never sent a cancel",
+                    )
+    return found
+
+
+def _result(
+    run_id: str,
+    result: h.Message,
+    child_id: str,
+    ended: h.Message | None,
+    by_seq: Mapping[int, h.Message],
+    told: Any,
+    tally: Tally,
+) -> list[Violation]:
+    """A ``child_result`` (and the parent's output) against the child's terminal entry."""
+    found = []
+
+    def bad(kind: str, evidence: str) -> None:
+        found.append(Violation(CHILDREN, kind, run_id, evidence))
+
+    body = result.body
+    tally(CHILDREN)
+    if body.run_id != child_id:
+        bad("result-mismatch", f"{_entry(result)} is for run {body.run_id!r}, not {child_id!r}")
+    if ended is None:
+        bad(
+            "result-before-end",
+            f"{_entry(result)} took status {body.status!r}, but child run {child_id!r} has "
+            "no terminal entry",
+        )
+        return found
+    status = STATUS[type(ended.body)]
+    output = ended.body.output if isinstance(ended.body, h.RunCompleted) else None
+    if body.status != status:
+        bad(
+            "result-mismatch",
+            f"{_entry(result)} says {body.status!r}, the child's {_entry(ended)} {status!r}",
+        )
+    took, child_end = epoch(result.time), epoch(ended.time)
+    if took is not None and child_end is not None and took < child_end - SLACK:
+        bad(
+            "result-before-end",
+            f"{_entry(result)} came {child_end - took:.3f}s before the child's {_entry(ended)}",
+        )
+    notice = by_seq.get(body.input_seq)
+    if notice is not None and isinstance(notice.body, h.ChildEnded):
+        tally(CHILDREN)
+        if (notice.body.run_id, notice.body.status) != (child_id, status) or (
+            status == "completed" and notice.body.output != output
+        ):
+            bad(
+                "result-mismatch",
+                f"{_entry(result)} took child_ended #{notice.seq} ({notice.body.run_id!r}, "
+                f"{notice.body.status!r}, output {notice.body.output!r}); the child's "
+                f"{_entry(ended)} says {status!r}, output {output!r}",
+            )
+    if isinstance(told, dict) and "status" in told:
+        tally(CHILDREN)
+        if told.get("status") != status or (status == "completed" and told.get("output") != output):
+            bad(
+                "output-mismatch",
+                f"the parent's output shows its child as {told!r}; the child's "
+                f"{_entry(ended)} says {status!r}, output {output!r}",
             )
     return found
 
@@ -956,8 +1228,13 @@ def check_run(
     earlier: Sequence[Sequence[h.Message]] = (),
     settled: bool = True,
     tally: Tally | None = None,
+    children: Mapping[str, Sequence[h.Message]] | None = None,
+    sent_to: Mapping[str, Sent] | None = None,
 ) -> list[Violation]:
-    """Every invariant over one run: its history, its executions, what was sent to it."""
+    """Every invariant over one run: its history, its executions, what was sent to it.
+
+    ``children``: the histories of the child runs its journal names (I7); each
+    child is checked by a ``check_run`` of its own."""
     tally = tally if tally is not None else Tally()
     sent = sent if sent is not None else Sent(run_id)
     mine = [e for e in effects if e.run_id == run_id]
@@ -970,6 +1247,15 @@ def check_run(
         ),
         lambda: check_inputs(run_id, history, tally, sent=sent, settled=settled),
         lambda: check_journal(run_id, history, tally, budget=sent.budget),
+        lambda: check_children(
+            run_id,
+            history,
+            mine,
+            tally,
+            children=children or {},
+            sent_to=sent_to,
+            settled=settled,
+        ),
     ]
     found = [v for check in checks for v in check()]
     for snapshot in earlier:

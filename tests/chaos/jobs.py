@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from jetlane import Context, EventTimeout, RetryPolicy, job, step
+from jetlane import ChildFailed, ChildTimeout, Context, EventTimeout, RetryPolicy, job, step
 from jetlane import wire as h
 
 RETRY = RetryPolicy(limit=4, delay=0.1, backoff="constant")
@@ -212,7 +212,14 @@ def _async_step(
 def inv_budget(input: dict[str, Any]) -> int:
     """An upper bound on the journal entries of one ``invariants`` run, retries included."""
     per_step = 1 + (INV_RETRY.limit + 1) + INV_RETRY.limit  # values, outcomes, retry timers
-    return per_step * int(input["steps"]) + 2 + 2 * 3 + 1  # nap, two waits, the end
+    child = 4 if input.get("child") else 0  # values, child_started, timer_set, child_result
+    return per_step * int(input["steps"]) + 2 + 2 * 3 + 1 + child  # nap, two waits, the end
+
+
+def child_budget(input: dict[str, Any]) -> int:
+    """An upper bound on the journal entries of one ``inv-child`` run."""
+    per_step = (INV_RETRY.limit + 1) + INV_RETRY.limit  # outcomes, retry timers
+    return per_step * len(input["values"]) + 1
 
 
 @job("invariants")
@@ -228,6 +235,7 @@ async def invariants(ctx: Context, input: dict[str, Any]) -> dict[str, Any]:
     flaky = set(input.get("flaky", []))
     delay = float(input["delay"])
     seen: list[str] = []
+    child: dict[str, Any] | None = None
     fanned = int(input.get("parallel", 0))
     if fanned:
         values = [str(ctx.uuid()) for _ in range(fanned)]  # taken before the branches
@@ -250,6 +258,10 @@ async def invariants(ctx: Context, input: dict[str, Any]) -> dict[str, Any]:
         value = str(ctx.uuid())
         make = _sync_step if i in sync else _async_step
         seen.append(await step.do(f"s{i}", make(ctx, value, delay, i in flaky), retries=INV_RETRY))
+        if i == input.get("child", {}).get("at"):
+            child = await _child(ctx, input["child"], delay)
+    if input.get("child") and input["child"].get("at") is None:
+        child = await _child(ctx, input["child"], delay)
     go = await step.wait_for_event("go", type="go", timeout="10m")
     try:
         maybe = await step.wait_for_event(
@@ -257,4 +269,48 @@ async def invariants(ctx: Context, input: dict[str, Any]) -> dict[str, Any]:
         )
     except EventTimeout:
         maybe = None
-    return {"values": seen, "events": {"go": go, "maybe": maybe}}
+    out: dict[str, Any] = {"values": seen, "events": {"go": go, "maybe": maybe}}
+    if child is not None:
+        out["child"] = child
+    return out
+
+
+async def _child(ctx: Context, child: dict[str, Any], delay: float) -> dict[str, Any]:
+    """Start an ``inv-child`` run, invoked (its end awaited) or detached (``start_run``).
+
+    The child's steps get values the parent took (``ctx.uuid()``, recorded in the
+    parent's journal) through the child's input. What the parent learnt goes into
+    its output, for the checker to compare with the child's own terminal entry."""
+    values = [str(ctx.uuid()) for _ in range(int(child["steps"]))]
+    child_input = {
+        "values": values,
+        "delay": delay,
+        "sync": child.get("sync", []),
+        "flaky": child.get("flaky", []),
+    }
+    if child.get("detached"):
+        run_id = await step.start_run("child", job="inv-child", input=child_input)
+        return {"run_id": run_id, "detached": True}
+    try:
+        output = await step.invoke(
+            "child", job="inv-child", input=child_input, timeout=child.get("timeout")
+        )
+    except ChildTimeout:
+        return {"status": "timed_out"}
+    except ChildFailed as exc:
+        return {"status": exc.status}
+    return {"status": "completed", "output": output}
+
+
+@job("inv-child")
+async def inv_child(ctx: Context, input: dict[str, Any]) -> dict[str, Any]:
+    """A child of ``invariants``: one step per value its parent passed in, logging
+    effects like the parent's steps (``c0``, ``c1``)."""
+    sync = set(input.get("sync", []))
+    flaky = set(input.get("flaky", []))
+    delay = float(input["delay"])
+    seen = []
+    for i, value in enumerate(input["values"]):
+        make = _sync_step if i in sync else _async_step
+        seen.append(await step.do(f"c{i}", make(ctx, value, delay, i in flaky), retries=INV_RETRY))
+    return {"values": seen}

@@ -3,6 +3,7 @@ fails, with its evidence, on a history that breaks it."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,6 +16,7 @@ from jetlane._core.durations import format_time
 
 from .checker import (
     CANCEL_PAUSE,
+    CHILDREN,
     INPUTS,
     INVARIANTS,
     JOURNAL,
@@ -51,14 +53,15 @@ def wall(seconds: float) -> float:
 class History:
     """A history under construction: messages get increasing seqs and the given times."""
 
-    def __init__(self) -> None:
+    def __init__(self, run_id: str = RUN) -> None:
+        self.run_id = run_id
         self.messages: list[h.Message] = []
         self.fired: dict[int, str] = {}
 
     def add(self, direction: str, body: Any, t: float) -> int:
         seq = len(self.messages) + 1
         kind = "invalid" if isinstance(body, h.Invalid) else h.kind_of(body)
-        self.messages.append(h.Message(seq, RUN, direction, kind, body, at(t)))
+        self.messages.append(h.Message(seq, self.run_id, direction, kind, body, at(t)))
         return seq
 
     def inp(self, body: Any, t: float) -> int:
@@ -70,12 +73,14 @@ class History:
     def timer(self, token: str, step: str, purpose: str, t: float, *, fired: bool = True) -> int:
         seq = self.inp(h.Timer(token, step, purpose), t)
         if fired:
-            self.fired[seq] = NAMES.timer(RUN, token)
+            self.fired[seq] = NAMES.timer(self.run_id, token)
         return seq
 
 
-def ex(step: str, begin: float, *, attempt: int | None = 1, value: Any = None) -> Execution:
-    return Execution(RUN, step, attempt, value, 4242, wall(begin), wall(begin + 0.1))
+def ex(
+    step: str, begin: float, *, attempt: int | None = 1, value: Any = None, run: str = RUN
+) -> Execution:
+    return Execution(run, step, attempt, value, 4242, wall(begin), wall(begin + 0.1))
 
 
 def good() -> tuple[History, list[Execution], Sent]:
@@ -139,8 +144,8 @@ def test_a_good_run_keeps_every_invariant_and_every_invariant_was_checked() -> N
         tally=tally,
     )
     assert found == []
-    # the good run has no cancel or pause: I1 is exercised by its own tests
-    assert set(tally.counts) == set(INVARIANTS) - {CANCEL_PAUSE}
+    # the good run has no cancel, pause or child: I1 and I7 are exercised by their own tests
+    assert set(tally.counts) == set(INVARIANTS) - {CANCEL_PAUSE, CHILDREN}
 
 
 # -- I1 cancel/pause ---------------------------------------------------------------
@@ -591,3 +596,228 @@ def test_effect_lines_join_begin_and_end() -> None:
         Execution("r1", "s0", 1, "v", 1, 5.0, None),
         Execution("r1", "s0", 2, "v", 2, 6.0, 6.5),
     ]
+
+
+# -- I7 children -------------------------------------------------------------------
+
+CHILD = "r1-0123456789abcdef"
+CHILD_TIMEOUT = "child_timeout-1-dddd"
+
+
+@dataclass
+class Family:
+    """A parent run that invokes (or starts detached) one child, and that child."""
+
+    parent: History
+    effects: list[Execution]
+    sent: Sent
+    child: History
+    child_effects: list[Execution]
+    child_sent: Sent
+
+    def check(self, *, settled: bool = True) -> list[Violation]:
+        """Every violation of both runs (the child checked like any run)."""
+        return check_run(
+            self.parent.messages,
+            self.effects,
+            run_id=RUN,
+            names=NAMES,
+            sent=self.sent,
+            fired=self.parent.fired,
+            settled=settled,
+            children={CHILD: self.child.messages},
+            sent_to={CHILD: self.child_sent},
+        ) + check_run(
+            self.child.messages,
+            self.child_effects,
+            run_id=CHILD,
+            names=NAMES,
+            sent=self.child_sent,
+            fired=self.child.fired,
+            settled=settled,
+        )
+
+
+def family(*, detached: bool = False, timeout: bool = False) -> Family:
+    """s0, then the child (its step c0 gets U2, which the parent took), then the end."""
+    parent, child = History(), History(CHILD)
+    start = parent.inp(h.Start("invariants", {"child": {"steps": 1}}), 0.0)
+    parent.out(h.ValuesRecorded([U1]), 0.2)
+    parent.out(h.StepCompleted("s0", 1, U1, at(0.05), 100.0), 0.2)
+    parent.out(h.ValuesRecorded([U2]), 0.3)
+    link = h.Parent(RUN, "child", detached)
+    child.inp(h.Start("inv-child", {"values": [U2]}, link), 0.3)
+    parent.out(
+        h.ChildStarted("child", CHILD, "inv-child", at(600) if timeout else None, detached), 0.31
+    )
+    if timeout:
+        parent.out(h.TimerSet("child", CHILD_TIMEOUT, at(600), "child_timeout"), 0.31)
+    child.out(h.StepCompleted("c0", 1, U2, at(0.4), 100.0), 0.5)
+    child.out(h.RunCompleted({"values": [U2]}), 0.51)
+    if detached:
+        told: dict[str, Any] = {"run_id": CHILD, "detached": True}
+    else:
+        ended = parent.inp(h.ChildEnded(CHILD, "completed", {"values": [U2]}), 0.52)
+        parent.out(h.ChildResult("child", CHILD, "completed", ended), 0.53)
+        told = {"status": "completed", "output": {"values": [U2]}}
+    parent.out(h.RunCompleted({"values": [U1], "child": told}), 0.6)
+    return Family(
+        parent,
+        [ex("s0", 0.05, value=U1)],
+        Sent(RUN, starts=[start], budget=30),
+        child,
+        [ex("c0", 0.4, value=U2, run=CHILD)],
+        Sent(CHILD, starts=[], budget=20),
+    )
+
+
+def test_a_good_child_run_keeps_every_invariant_on_both_sides() -> None:
+    for kwargs in ({}, {"timeout": True}, {"detached": True}):
+        tally = Tally()
+        fam = family(**kwargs)
+        assert (
+            check_run(
+                fam.parent.messages,
+                fam.effects,
+                run_id=RUN,
+                names=NAMES,
+                sent=fam.sent,
+                children={CHILD: fam.child.messages},
+                tally=tally,
+            )
+            == []
+        ), kwargs
+        assert tally.counts[CHILDREN] >= 2, kwargs
+        assert fam.check() == [], kwargs
+
+
+def test_a_child_named_by_child_started_must_have_its_start() -> None:
+    fam = family()
+    fam.child = History(CHILD)
+    found = [v for v in fam.check(settled=False) if v.invariant == CHILDREN]
+    only(found, CHILDREN, "child-not-started", "holds no start")
+    fam = family()
+    fam.child.messages[0] = msgspec.structs.replace(
+        fam.child.messages[0], body=h.Start("inv-child", {"values": [U2]}, h.Parent("r9", "x"))
+    )
+    only(fam.check(), CHILDREN, "wrong-child", "r9")
+
+
+def test_a_second_stored_child_start_is_a_violation_unless_the_harness_sent_it() -> None:
+    fam = family()
+    extra = fam.child.inp(fam.child.messages[0].body, 0.45)
+    only(fam.check(), CHILDREN, "child-started-twice", f"#{extra}")
+    fam.child_sent.starts.append(extra)  # a raw duplicate the workload published
+    assert fam.check() == []
+
+
+def test_the_child_result_and_the_output_must_match_the_childs_end() -> None:
+    fam = family()
+    fam.child.messages[-1] = msgspec.structs.replace(
+        fam.child.messages[-1], kind="run_cancelled", body=h.RunCancelled(None, None)
+    )
+    found = [v for v in fam.check() if v.invariant == CHILDREN]
+    assert {v.kind for v in found} == {"result-mismatch", "output-mismatch"}, found
+    assert any("'completed', the child's" in v.evidence for v in found), found
+    fam = family()
+    parent_end = fam.parent.messages[-1]
+    fam.parent.messages[-1] = msgspec.structs.replace(
+        parent_end,
+        body=h.RunCompleted({"child": {"status": "completed", "output": {"values": ["x"]}}}),
+    )
+    only(fam.check(), CHILDREN, "output-mismatch", "'x'")
+
+
+def test_a_result_taken_before_the_child_ended_is_a_violation() -> None:
+    fam = family()
+    del fam.child.messages[-1]  # the child never ended, yet the parent took its end
+    found = [v for v in fam.check(settled=False) if v.invariant == CHILDREN]
+    only(found, CHILDREN, "result-before-end", "no terminal entry")
+
+
+def test_the_parent_goes_no_further_than_its_invoke_until_the_child_ended() -> None:
+    fam = family()
+    result = fam.parent.messages.pop(-2)  # child_result ...
+    ended = fam.parent.messages.pop(-2)  # ... and the child_ended it took
+    end = fam.parent.messages.pop()
+    fam.parent.add("out", h.ValuesRecorded([U3]), 0.4)
+    fam.parent.add("out", h.StepCompleted("s1", 1, U3, at(0.41), 10.0), 0.42)
+    for msg in (ended, result, end):
+        fam.parent.messages.append(msgspec.structs.replace(msg, seq=len(fam.parent.messages) + 1))
+    fam.effects.append(ex("s1", 0.41, value=U3))
+    found = [v for v in fam.check() if v.invariant == CHILDREN]
+    assert {v.kind for v in found} == {"went-past-invoke", "ran-during-invoke"}, found
+    assert any("step_completed 's1'" in v.evidence for v in found), found
+
+
+def cancelled_while_waiting(*, cancel_sent: bool, child_ends: bool) -> Family:
+    fam = family()
+    del fam.parent.messages[-3:]  # no child_ended, no child_result, no completion
+    cancel = fam.parent.inp(h.Cancel("nemesis"), 0.35)
+    fam.parent.out(h.RunCancelled("nemesis", cancel), 0.36)
+    del fam.child.messages[-1]
+    if cancel_sent:
+        cancel = fam.child.inp(h.Cancel(f"parent run {RUN} ended"), 0.37)
+        if child_ends:
+            fam.child.out(h.RunCancelled("parent ended", cancel), 0.52)
+    elif child_ends:
+        fam.child.out(h.RunCompleted({"values": [U2]}), 0.52)
+    return fam
+
+
+def test_a_parent_cancelled_while_waiting_leaves_its_child_cancelled() -> None:
+    assert cancelled_while_waiting(cancel_sent=True, child_ends=True).check() == []
+    fam = cancelled_while_waiting(cancel_sent=False, child_ends=True)
+    only(fam.check(), CHILDREN, "child-not-cancelled", "never sent a cancel")
+    fam = cancelled_while_waiting(cancel_sent=False, child_ends=False)
+    found = [v for v in fam.check() if v.invariant == CHILDREN]
+    only(found, CHILDREN, "orphaned-child", "(no cancel)")
+    # still being watched: not yet a violation
+    fam = cancelled_while_waiting(cancel_sent=False, child_ends=False)
+    assert [v for v in fam.check(settled=False) if v.invariant == CHILDREN] == []
+
+
+def test_a_detached_child_is_never_cancelled_and_the_output_names_it() -> None:
+    fam = family(detached=True)
+    fam.child.inp(h.Cancel("who?"), 0.45)
+    found = [v for v in fam.check() if v.invariant == CHILDREN]
+    only(found, CHILDREN, "detached-child-cancelled")
+    fam = family(detached=True)
+    fam.parent.messages[-1] = msgspec.structs.replace(
+        fam.parent.messages[-1], body=h.RunCompleted({"child": {"run_id": "r1-other"}})
+    )
+    only(fam.check(), CHILDREN, "output-mismatch", "r1-other")
+
+
+def test_a_child_runs_a_recorded_step_once_and_sees_its_parents_value() -> None:
+    fam = family()
+    fam.child_effects.append(ex("c0", 0.7, value=U2, run=CHILD))  # after c0 was recorded
+    v = only(fam.check(), REEXECUTION, "ran-after-recorded")
+    assert v.run_id == CHILD
+    fam = family()
+    fam.child_effects = [ex("c0", 0.4, value=U3, run=CHILD)]  # a value nobody recorded
+    v = only(fam.check(), VALUES, "value-not-recorded", U3)
+    assert v.run_id == CHILD
+
+
+def test_child_entries_fit_the_table_and_time_out_no_earlier_than_due() -> None:
+    fam = family(timeout=True)
+    assert fam.check() == []  # a child_timeout timer is a known purpose
+    fam.parent.out(h.ChildTimedOut("child", CHILD), 0.7)
+    found = fam.check()
+    assert {(v.invariant, v.kind) for v in found} == {
+        (TIMERS, "child-timed-out-early"),
+        (JOURNAL, "second-outcome"),
+        (JOURNAL, "after-terminal"),
+    }, found
+    fam = family()
+    fam.parent.out(h.ChildStarted("child", CHILD, "inv-child"), 0.32)
+    assert ("second-child-started", JOURNAL) in {(v.kind, v.invariant) for v in fam.check()}
+    fam = family()
+    result = fam.parent.messages[-2]
+    fam.parent.messages[-2] = msgspec.structs.replace(
+        result, body=msgspec.structs.replace(result.body, input_seq=1)
+    )
+    assert any(v.kind == "bad-reference" and "which is start" in v.evidence for v in fam.check()), (
+        fam.check()
+    )

@@ -3,7 +3,9 @@
 Three runner processes serve the ``invariants`` job while the nemesis SIGKILLs
 and SIGSTOPs them, SIGKILLs and restarts the server, and deletes the runners'
 consumer; each run's timeline adds forged timers, raw and duplicate starts,
-events before the start, cancels, pauses and resumes. Then every history, the
+events before the start, cancels, pauses and resumes. Some runs start a child
+run (invoked, or detached), which is started again on purpose; each child named
+by a journal is read and checked like any run, and against its parent (I7). Then every history, the
 effect log and the dead letters are checked against the invariants of
 ``checker.py``. One figures line says what ran; every violation is printed,
 and any fails the test.
@@ -33,15 +35,16 @@ from jetlane.embedded import EmbeddedNats
 from .checker import (
     INVARIANTS,
     Execution,
+    Sent,
     Tally,
     Violation,
     check_dead_letters,
     check_run,
     parse_effects,
 )
-from .jobs import EFFECT_LOG
+from .jobs import EFFECT_LOG, child_budget
 from .nemesis import Nemesis, Pool
-from .workload import PUBLISH_DEADLINE, Workload, draw_plan
+from .workload import PUBLISH_DEADLINE, Workload, children_of, draw_plan
 
 pytestmark = pytest.mark.slow
 
@@ -65,16 +68,26 @@ def _figures(counts: Mapping[str, int]) -> str:
 
 
 async def _settle(workload: Workload, timeout: float) -> set[str]:
-    """Wait (bounded) for every run that should end to end; the ones that did not."""
+    """Wait (bounded) for every run that should end to end, child runs included (every
+    child ends: it waits for nothing, and an invoked one is cancelled with its parent);
+    the ones that did not."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     pending = {r for r, s in workload.sent.items() if s.starts and s.expect_end}
-    while pending and loop.time() < deadline:
-        for run_id in sorted(pending):
+    parents = {r for r, s in workload.sent.items() if s.starts}
+    known: set[str] = set()
+    while (pending or parents) and loop.time() < deadline:
+        for run_id in sorted(pending | parents):
             with contextlib.suppress(Exception):
-                if any(isinstance(m.body, h.TERMINAL) for m in await workload.read(run_id)):
+                history = await workload.read(run_id)
+                parents.discard(run_id)
+                for started in children_of(history):
+                    if started.run_id not in known:
+                        known.add(started.run_id)
+                        pending.add(started.run_id)
+                if any(isinstance(m.body, h.TERMINAL) for m in history):
                     pending.discard(run_id)
-        if pending:
+        if pending or parents:
             await asyncio.sleep(0.5)
     return pending
 
@@ -155,19 +168,33 @@ async def test_invariants_hold_under_faults(
             by_run.setdefault(execution.run_id, []).append(execution)
         tally = Tally()
         violations: list[Violation] = []
+        spawned: Counter[str] = Counter()  # child runs, invoked or detached
         ended = 0
-        for run_id, sent in sorted(workload.sent.items()):
-            history = await workload.read(run_id)
+        histories = {r: await workload.read(r) for r in sorted(workload.sent)}
+        # Each child run its parent's journal names is read and checked like any run.
+        children: dict[str, list[h.Message]] = {}
+        child_sent: dict[str, Sent] = {}
+        for history in histories.values():
+            for begun in children_of(history):
+                child = children[begun.run_id] = await workload.read(begun.run_id)
+                sent = child_sent[begun.run_id] = workload.child_sent(begun.run_id)
+                start = next((m.body for m in child if isinstance(m.body, h.Start)), None)
+                if start is not None and isinstance(start.input, dict):
+                    sent.budget = child_budget(start.input)
+                spawned["detached" if begun.detached else "invoked"] += 1
+        for run_id, history in [*histories.items(), *children.items()]:
             ended += any(isinstance(m.body, h.TERMINAL) for m in history)
             violations += check_run(
                 history,
                 by_run.get(run_id, []),
                 run_id=run_id,
                 names=names,
-                sent=sent,
+                sent=workload.sent.get(run_id) or child_sent[run_id],
                 fired=await _fired(log, run_id),
                 earlier=earlier.get(run_id, []),
                 tally=tally,
+                children=children,
+                sent_to=child_sent,
             )
         violations += check_dead_letters(await _dead_letters(log), workload.malformed, tally)
     finally:
@@ -181,7 +208,7 @@ async def test_invariants_hold_under_faults(
     by_invariant = Counter(v.invariant for v in violations)
     line = (
         f"invariants: seed={seed} faults_for={WORK:.0f}s runs={len(workload.sent)} "
-        f"started={started} ended={ended} not_ended={len(stuck)} "
+        f"started={started} children={_figures(spawned)} ended={ended} not_ended={len(stuck)} "
         f"executions={len(executions)} faults={_figures(faults)} "
         f"checks={sum(tally.counts.values())} ({_figures(tally.counts)}) "
         f"violations={len(violations)} ({_figures(by_invariant)})"
@@ -189,6 +216,11 @@ async def test_invariants_hold_under_faults(
     report = tmp_path / "violations.txt"
     violations.sort(key=lambda v: (v.invariant, v.kind, v.run_id))
     report.write_text("".join(f"{v}\n" for v in violations))
+    dump = tmp_path / "histories.jsonl"  # the histories of the runs that broke a promise
+    with dump.open("wb") as out:
+        for run_id in sorted({v.run_id for v in violations}):
+            for msg in [*histories.get(run_id, []), *children.get(run_id, [])]:
+                out.write(msgspec.json.encode(msg.to_json()) + b"\n")
     kinds: dict[tuple[str, str], list[Violation]] = {}
     for violation in violations:
         kinds.setdefault((violation.invariant, violation.kind), []).append(violation)
@@ -201,7 +233,8 @@ async def test_invariants_hold_under_faults(
         if bad_lines:
             print(f"  ({bad_lines} unreadable effect-log lines)")
         if violations:
-            print(f"  replay: JETLANE_TEST_SEED={seed}; violations also in {report}")
+            print(f"  replay: JETLANE_TEST_SEED={seed}; violations also in {report}, ")
+            print(f"  the histories of those runs in {dump}")
     assert faults["runner_sigkill"] + faults["server_sigkill"] + faults["runner_sigstop"] > 0
     assert set(tally.counts) == set(INVARIANTS), tally.counts
     assert not violations, f"{len(violations)} violations (JETLANE_TEST_SEED={seed}): {line}"

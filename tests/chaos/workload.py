@@ -51,6 +51,7 @@ class Plan:
     pause_for: float = 1.0
     forge_after: float | None = None
     malformed: bool = False
+    child_duplicate: bool = False  # start the child again: create-once, then a raw publish
 
 
 def draw_plan(rng: random.Random) -> Plan:
@@ -64,8 +65,20 @@ def draw_plan(rng: random.Random) -> Plan:
         "nap": round(rng.uniform(1.0, 2.0), 3),
         "maybe_timeout": 1.0,
     }
+    fanned = 0
     if rng.random() < 0.4:
-        job_input["parallel"] = rng.randint(2, steps)  # the first steps run at once
+        fanned = rng.randint(2, steps)
+        job_input["parallel"] = fanned  # the first steps run at once
+    if rng.random() < 0.3:  # a child run: invoked (its end awaited) or detached
+        n = rng.randint(1, 2)
+        job_input["child"] = {
+            "steps": n,
+            "at": rng.randrange(fanned, steps) if fanned < steps and rng.random() < 0.6 else None,
+            "detached": rng.random() < 0.3,
+            "timeout": "10m" if rng.random() < 0.5 else None,  # armed, forgeable, never due
+            "sync": [i for i in range(n) if rng.random() < 0.4],
+            "flaky": [rng.randrange(n)] if rng.random() < 0.3 else [],
+        }
     chance = rng.random
     return Plan(
         input=job_input,
@@ -80,6 +93,7 @@ def draw_plan(rng: random.Random) -> Plan:
         pause_for=rng.uniform(0.3, 2.5),
         forge_after=rng.uniform(0.2, 2.5) if chance() < 0.25 else None,
         malformed=chance() < 0.05,
+        child_duplicate="child" in job_input and chance() < 0.4,
     )
 
 
@@ -94,6 +108,8 @@ def pending_timer(history: list[h.Message]) -> h.TimerSet | None:
             done.add((body.step, "wait_timeout"))
         elif isinstance(body, h.StepCompleted | h.StepFailed):
             done.add((body.step, "retry"))
+        elif isinstance(body, h.ChildResult | h.ChildTimedOut):
+            done.add((body.step, "child_timeout"))
         elif isinstance(body, h.TimerSet):
             done.discard((body.step, body.purpose))
     for msg in reversed(history):
@@ -112,6 +128,7 @@ class Workload:
     sent: dict[str, Sent] = field(default_factory=dict)
     malformed: set[int] = field(default_factory=set)
     snapshots: dict[str, list[list[h.Message]]] = field(default_factory=dict)
+    children: dict[str, Sent] = field(default_factory=dict)  # child run id -> what we sent it
 
     # -- reading and publishing, through server restarts ----------------------
 
@@ -189,6 +206,8 @@ class Workload:
             actions.append((plan.forge_after, "forge"))
         if plan.malformed:
             actions.append((rng.uniform(0.0, 3.0), "malformed"))
+        if plan.child_duplicate:
+            actions.append((rng.uniform(0.0, 3.0), "child_duplicate"))
         for offset, action in sorted(actions):
             await asyncio.sleep(max(0.0, t0 + offset - loop.time()))
             await self._act(run_id, action, sent)
@@ -253,6 +272,8 @@ class Workload:
                 sent.expect_end = False
         elif action == "forge":
             await self._forge(run_id, sent)
+        elif action == "child_duplicate":
+            await self._child_duplicate(run_id)
         elif action == "malformed":
             self.faults["malformed_input"] += 1
             subject = self.log.names.inbox(run_id)
@@ -277,3 +298,46 @@ class Workload:
                         sent.may_fail = True  # a go that times out fails the run: I4 says why
                 return
             await asyncio.sleep(0.1)
+
+    def child_sent(self, child_id: str) -> Sent:
+        if child_id not in self.children:
+            self.children[child_id] = Sent(child_id)
+        return self.children[child_id]
+
+    async def _child_duplicate(self, run_id: str) -> None:
+        """Once the parent has started its child, start the child again: a create-once
+        start must be refused; a raw one is stored and must change nothing."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5.0
+        while loop.time() < deadline:
+            history = await self.read(run_id)
+            started = next((m.body for m in history if isinstance(m.body, h.ChildStarted)), None)
+            if started is not None and started.error is None:
+                child = [m for m in await self.read(started.run_id) if isinstance(m.body, h.Start)]
+                if not child:
+                    return  # the checker reports a child_started without its start
+                sent = self.child_sent(started.run_id)
+                self.faults["child_duplicate_start"] += 1
+                child_id, body = started.run_id, child[0].body
+                try:  # Log.create_once returns the start it found: it must find one
+                    await self._retry(lambda: self.log.create_once(child_id, body))  # noqa: B023
+                except FenceLost:
+                    pass  # the inbox kept changing: refused too
+                except Exception:
+                    return
+                try:  # once: a retry after a lost ack could store a start we cannot name
+                    ack = await self.log.publish_input(started.run_id, child[0].body)
+                except Exception:
+                    sent.unsure_starts = True
+                    return
+                self.faults["child_raw_start"] += 1
+                sent.starts.append(ack.seq)
+                return
+            if any(isinstance(m.body, h.TERMINAL) for m in history):
+                return
+            await asyncio.sleep(0.1)
+
+
+def children_of(history: list[h.Message]) -> list[h.ChildStarted]:
+    """The child runs a run's journal says it started (rejected starts left out)."""
+    return [m.body for m in history if isinstance(m.body, h.ChildStarted) and m.body.error is None]
