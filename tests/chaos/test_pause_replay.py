@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import pytest
-
 from jetlane import Client, ConnectOptions, Context, Log, Names, Runner, define_job, step
 from jetlane import wire as h
 
@@ -32,7 +30,6 @@ async def settled(log: Log) -> bool:
     return int(info.num_pending or 0) == 0 and int(info.num_ack_pending or 0) == 0
 
 
-@pytest.mark.xfail(strict=True, reason="a fresh replay of a paused run acts on new inputs")
 async def test_a_fresh_replay_of_a_paused_run_holds_an_event_until_resume(
     client: Client, options: ConnectOptions, names: Names, start_runner: StartRunner
 ) -> None:
