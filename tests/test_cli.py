@@ -319,7 +319,13 @@ async def test_a_reader_that_leaves_ends_the_cli_quietly(
             proc.stdout.close()  # the reader leaves, as head does
             for n in range(2, 6):  # more output for the CLI to write into the closed pipe
                 await jetlane("start", "fails", "--run-id", f"p{n}", "--input", "{}", *conn)
-            code = await asyncio.to_thread(proc.wait, 20)
+            try:
+                code = await asyncio.to_thread(proc.wait, 60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise AssertionError(
+                    f"the CLI went on after its reader left: {proc.stderr.read().decode()}"
+                ) from None
             err = proc.stderr.read().decode()
             assert code == 141, err
             assert "unexpected" not in err and "Traceback" not in err and "BrokenPipe" not in err
