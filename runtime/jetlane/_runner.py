@@ -223,9 +223,17 @@ class Runner:
             for handle in self._fast.values():
                 handle.cancel()
             self._fast.clear()
-            for replay in self._cache.values():
-                replay.close()
+            cached = list(self._cache.values())
             self._cache.clear()
+            for replay in cached:
+                replay.close()
+            if cached:
+                # Let the suspended handlers unwind (their branches too) before the loop
+                # may close: a task left pending is reported as destroyed.
+                # Bounded: handler code that swallows the cancel must not hold the stop.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(2.0):
+                        await asyncio.gather(*(r.aclose() for r in cached), return_exceptions=True)
             self._steps.close()
             logger.info("runner stopped", runner=self.id)
 
