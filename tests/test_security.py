@@ -482,6 +482,24 @@ async def test_publisher_cannot_erase_a_runs_inputs_with_a_schedule(
         assert (await publisher.status("erase1")).status == "waiting"
 
 
+async def test_publisher_cannot_roll_up_or_expire_a_runs_inputs(
+    locked: Locked, runner: Runner
+) -> None:
+    """Headers no permission filters: a rollup would erase a run's inputs, a per-message TTL
+    would make them vanish; the runs stream refuses both."""
+    async with client_as(locked, user="publisher", password="publisher-pw") as publisher:
+        await publisher.start("echo-sec", "r", run_id="rollup1")
+        await eventually(lambda: _status_is(publisher, "rollup1", "waiting"), what="a wait")
+        before = [m.seq for m in await publisher.log.read("rollup1")]
+        for extra in ({"Nats-Rollup": "sub"}, {"Nats-Rollup": "all"}, {"Nats-TTL": "1s"}):
+            with pytest.raises(JetlaneError, match=r"rollup not permitted|TTL is disabled"):
+                await publisher.log._publish(
+                    NAMES.inbox("rollup1"), b'{"type": "x"}', {h.KIND_HEADER: "event", **extra}
+                )
+        assert [m.seq for m in await publisher.log.read("rollup1")] == before
+        assert (await publisher.status("rollup1")).status == "waiting"
+
+
 async def test_auditor_may_only_read(locked: Locked, runner: Runner) -> None:
     async with client_as(locked, user="publisher", password="publisher-pw") as publisher:
         await publisher.start("echo-sec", "a", run_id="audit1")

@@ -8,10 +8,10 @@ subject may name the runners' consumer in the body and rewrite it, and may
 create push consumers that deliver anywhere. So a tail creates its consumer
 with the name in the subject, ``$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>``
 (the server takes the name from the subject and refuses a body whose filter
-differs), which permissions can match: non-runner roles get
-``...CREATE.JETLANE.*.jetlane.run.>`` with the runners' consumer denied
-(deploy/nats-values.yaml). The name is ``tail-<random hex>``: nobody else can
-guess it to read, pull or delete it.
+differs), which permissions can match. Only the runners' account uses this
+tail: the other roles (account CLIENTS in deploy/nats-values.yaml) import no
+consumer API and follow with direct gets (``PolledTail``, poll.py). The name
+is ``tail-<random hex>``: nobody else can guess it to read, pull or delete it.
 
 The consumer acknowledges nothing (``ack_policy: none``), lives in memory on
 one replica, and the server removes it ``INACTIVE`` seconds after its last
