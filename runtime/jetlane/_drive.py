@@ -257,11 +257,14 @@ class Driver:
             if not isinstance(decision, Execute):
                 return decision
             if loop.time() - synced_at > SYNC_WINDOW:
-                # No fenced append or read for a while (a step ran, or the handler's own
-                # code did): read the inbox, so that a cancel or pause stored meanwhile
-                # is seen before the next step starts. Steps of parallel branches started
-                # together share one read.
-                await self.ingest_tail(replay)
+                # No fenced append or read for a while (a step ran, the handler's own
+                # code did, or the session's first read is old): read the run's tail, so
+                # that a cancel or pause stored meanwhile is seen before the next step
+                # starts, and so that a journal entry written meanwhile by a runner that
+                # still thinks it holds the run (stopped past its lease, then resumed)
+                # ends this session (FenceLost) before it runs a step that entry records.
+                # The same one read as the inbox alone; steps started together share it.
+                await self.ingest_tail(replay, journal=True)
                 synced_at = loop.time()
             if replay.cancel_pending:
                 return await self._cancelled(replay)

@@ -6,13 +6,18 @@ import asyncio
 from datetime import timedelta
 from typing import Any
 
+import msgspec
 import pytest
 
 from jetlane import Context, EventTimeout, define_job, step
 from jetlane import wire as h
+from jetlane._core.errors import FenceLost
 from jetlane._core.replay import Finished, Park, Replay
 from jetlane._drive import Driver, Outdated
 from jetlane.testing import MemoryStore, VirtualClock, run_step
+
+from .replay_driver import Driver as LogDriver
+from .replay_driver import job_of
 
 
 async def waiter(ctx: Context) -> Any:
@@ -118,3 +123,31 @@ async def test_a_cancel_stored_while_the_handler_runs_between_steps_stops_the_ne
     await replay.aclose()
     assert isinstance(decision, Finished) and isinstance(decision.entry, h.RunCancelled)
     assert ran == ["a"]
+
+
+async def test_a_journal_entry_written_by_a_stale_runner_ends_the_session_before_the_step() -> None:
+    """Found by the chaos checker: runner A, stopped past its lease, resumes and records
+    a step's outcome after runner B read the history but before B runs that step. B
+    must see the entry (the read before a step covers the journal) and stop, not run
+    the step again (its outcome would be refused by the fence, the effect not)."""
+
+    class Racing(LogDriver):
+        zombie: h.Journal | None = None
+
+        async def read(self, run_id: str, after: int = 0) -> list[h.Message]:
+            if self.zombie is not None:  # A's append lands just before B's read
+                self._add("out", self.zombie)
+                self.zombie = None
+            return await super().read(run_id, after)
+
+    async def handler(ctx: Context) -> None:
+        await step.do("charge", lambda: "charged")
+
+    d = Racing(job_of(handler))
+    d.zombie = h.StepCompleted("charge", 1, msgspec.Raw(b'"charged"'), "2025-01-01T12:00:00Z", 1.0)
+    with pytest.raises(FenceLost):
+        await d.advance()
+    assert d.executed == []  # B ran nothing; a replay with A's entry goes on from it
+    await d.crash()
+    done = await d.advance()
+    assert isinstance(done, Finished) and d.executed == []
