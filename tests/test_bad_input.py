@@ -388,3 +388,23 @@ async def test_cancel_of_a_finished_run(
     assert (status.status, status.output) == ("completed", 7)
     with pytest.raises(RunNotFound):
         await client.cancel("never-was")
+
+
+async def test_an_input_that_takes_a_starts_dedupe_id_does_not_block_the_start(
+    client: Client, log: Log, start_runner: StartRunner
+) -> None:
+    """Anyone may publish on a run's inbox with any header: an event carrying the
+    dedupe id of the run's future start (``start:<run id>``) must not make that start
+    look stored (a child run's parent would then wait for a child that never began)."""
+
+    async def echo(ctx: Context, input: int) -> int:
+        return await step.do("echo", lambda: input)
+
+    await start_runner([define_job(name="sq-echo", handler=echo, register=False)])
+    await log.publish_input("sq-1", h.Event(type="noise"), msg_id="start:sq-1")
+    handle = await client.start("sq-echo", 7, run_id="sq-1")
+    assert await handle.result(timeout=20) == 7
+    starts = [m for m in await log.read_inputs("sq-1") if isinstance(m.body, h.Start)]
+    assert len(starts) == 1
+    with pytest.raises(RunAlreadyExists):  # and create-once still holds
+        await client.start("sq-echo", 8, run_id="sq-1")

@@ -341,11 +341,10 @@ class Log:
         (a concurrent start moves the sequence and the fence refuses ours).
         """
         expected = 0
+        msg_id: str | None = f"start:{run_id}"
         for _ in range(100):
             try:
-                ack = await self.publish_input(
-                    run_id, body, expected=expected, msg_id=f"start:{run_id}"
-                )
+                ack = await self.publish_input(run_id, body, expected=expected, msg_id=msg_id)
             except FenceLost:
                 inputs = await self.read_inputs(run_id)
                 found = next((m.body for m in inputs if isinstance(m.body, h.Start)), None)
@@ -357,7 +356,13 @@ class Log:
                 return None
             inputs = await self.read_inputs(run_id)
             found = next((m.body for m in inputs if isinstance(m.body, h.Start)), None)
-            return found if found is not None else body
+            if found is not None:
+                return found  # ours from an attempt whose ack was lost, or another's
+            # The dedupe id was used by something that is not a start (anyone may publish
+            # on an inbox, with any header): store the start without it, fenced on what
+            # was read, rather than believe a start exists.
+            msg_id = None
+            expected = max((m.seq for m in inputs), default=0)
         raise FenceLost(f"the inbox of run {run_id!r} kept changing under 100 starts")
 
     async def send_input(self, run_id: str, body: h.Input, msg_id: str) -> None:
