@@ -26,19 +26,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import heapq
-import math
 import os
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 import structlog
 
-from . import children
+from . import atoms, branches, children
 from . import history as h
 from .bounds import (
     VALUES_PER_ENTRY,
@@ -46,6 +43,7 @@ from .bounds import (
     cancelled_entry,
     error_info,
 )
+from .branches import _Request
 from .decisions import Append as Append
 from .decisions import Blocked as Blocked
 from .decisions import Checkpoint as Checkpoint
@@ -60,39 +58,19 @@ from .decisions import TimerSpec as TimerSpec
 from .decisions import Unschedule as Unschedule
 from .decisions import Waiting as Waiting
 from .decisions import timer_token as timer_token
-from .decisions import typed_result
-from .definition import DEFAULT_RETRY, Job, RetryPolicy
+from .definition import Job
 from .determinism import ADVICE, ATOM_CALL, Diverged, Held, base_name
-from .durations import format_time, parse_time
 from .errors import (
     ConfigError,
-    EventTimeout,
     InputError,
-    NonRetryableError,
     OrchestratorOnly,
     PayloadTooLarge,
-    StepFailed,
     deliberate,
     describe,
 )
-from .received import Event
-from .recorded import UNRECORDABLE, Recorded
+from .recorded import Recorded
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024 - 16 * 1024
-# Loop iterations with nothing asked that make the handler's branches "quiet".
-QUIET_ITERATIONS = 4
-# An outcome recorded for a branch that no longer waits for it is not retried.
-NO_RETRY = RetryPolicy(limit=0)
-
-
-@dataclass
-class _Request:
-    """A branch's request: the decision for the driver, and the branch waiting on it."""
-
-    decision: Decision
-    future: asyncio.Future[Any]
-
-
 current: contextvars.ContextVar[Replay] = contextvars.ContextVar("jetlane_replay")
 
 
@@ -168,6 +146,37 @@ class Replay:
         self._unwinding: Diverged | Held | None = None
         self.log = structlog.get_logger("jetlane.run").bind(run_id=run_id, job=job.name)
         self.context = Context(self, plugins)
+
+    # Bodies kept in their own modules (``Replay`` methods all the same).
+    changed = branches.changed
+    _answer = branches._answer
+    _decide = branches._decide
+    _merged_park = branches._merged_park
+    _hand_out = branches._hand_out
+    _settle = branches._settle
+    _schedule_turn = branches._schedule_turn
+    _turn = branches._turn
+    _live = branches._live
+    _poke = branches._poke
+    _wind_down = branches._wind_down
+    _branch_enters = branches._branch_enters
+    _check_by_id = branches._check_by_id
+    _confirm = branches._confirm
+    do = atoms.do
+    _unrecordable = atoms._unrecordable
+    _blocked_info = atoms._blocked_info
+    _last_outcome = atoms._last_outcome
+    _record = atoms._record
+    sleep = atoms.sleep
+    wait = atoms.wait
+    wait_any = atoms.wait_any
+    _wait = atoms._wait
+    _opened = atoms._opened
+    _event_for = atoms._event_for
+    _waiting = atoms._waiting
+    invoke = atoms.invoke
+    _payload = atoms._payload
+    _park = atoms._park
 
     # -- feeding the history ---------------------------------------------------
 
@@ -267,13 +276,6 @@ class Replay:
             self._pending.appendleft(request)
         return self._paused_park()
 
-    def changed(self) -> asyncio.Future[None]:
-        """A future that is done once the handler asks something new (for a driver
-        waiting on steps in flight after ``Waiting``)."""
-        if self._changed is None or self._changed.done():
-            self._changed = asyncio.get_running_loop().create_future()
-        return self._changed
-
     def cancel_wins(self, body: h.Journal) -> h.Journal:
         """``body`` to append, or the cancel that came in before this ending was written.
 
@@ -372,199 +374,6 @@ class Replay:
                 )
         return await self._decide()
 
-    def _answer(self, reply: Any) -> None:
-        """Take the driver's reply to what was handed out."""
-        if isinstance(reply, Outcome):
-            request = self._executing.pop(reply.step, None)
-            if request is None and not reply.step and len(self._executing) == 1:
-                request = self._executing.pop(next(iter(self._executing)))
-            if request is None:
-                raise RuntimeError(f"an outcome for step {reply.step!r}, which is not executing")
-            if not request.future.done():
-                request.future.set_result(reply)
-                self._woken = True  # its branch records the outcome before what comes next
-            else:
-                # Its branch was cancelled (a TaskGroup sibling failed): the effect
-                # happened all the same, so the outcome is recorded honestly.
-                assert isinstance(request.decision, Execute)
-                self._record(request.decision.step, request.decision.attempt, reply, NO_RETRY)
-            if not self._executing and self._drained is not None and not self._drained.done():
-                self._drained.set_result(None)
-            return
-        if reply is not None:
-            raise RuntimeError(f"next() takes an Outcome or None, not {reply!r}")
-        handed, self._handed = self._handed, None
-        if isinstance(handed, Checkpoint):
-            released, self._checkpoints = self._checkpoints, []
-        elif isinstance(handed, Park):
-            # In a fixed order (by step), so that branches woken together act in the
-            # same order live and on replay.
-            released, self._parked = self._parked, []
-            released.sort(key=lambda r: getattr(r.decision, "step", ""))
-        else:
-            return  # an Execute was started, or the handler may have asked something
-        for request in released:
-            if not request.future.done():
-                request.future.set_result(None)
-
-    async def _decide(self) -> Decision:
-        """Let the handler run until it asks something the driver must act on."""
-        while True:
-            if (
-                not self._concurrent
-                and self._executing
-                and not self._pending
-                and not self._woken
-                and self._final is None
-                and not (self._turns or self._unconsumed or self._gate)
-            ):
-                # One branch, its step running: wait for its outcome (or a new request:
-                # the driver also waits on changed()). No need to let the handler settle.
-                # (Parallel branches settle first, so steps start in the same order.)
-                return Waiting()
-            await self._settle()
-            if self._final is not None and not self._executing:
-                return self._final
-            if self._pending:
-                decision = self._hand_out()
-                if decision is not None:
-                    return decision
-                continue
-            if self.paused and not self._executing:
-                # Held: nothing new is decided (a branch could take an event, or leave
-                # a replay's gate) until a resume; steps in flight have reported.
-                return self._paused_park()
-            if (self._turns or self._unconsumed or self._gate) and self._schedule_turn():
-                continue
-            if self._executing:
-                return Waiting()
-            self._parked = [r for r in self._parked if not r.future.done()]  # cancelled
-            if self._parked:
-                self._handed = park = self._merged_park()
-                return park
-            if self._final is not None:
-                return self._final
-            # Nothing asked: the handler's code awaits something else (I/O in the
-            # function lane, before its first atom): wait for its next request or end.
-            await self.changed()
-
-    def _merged_park(self) -> Park:
-        """One ``Park`` for every parked branch: all their timers, named after the step
-        whose timer comes first (the same live and on replay, whatever order they parked)."""
-        parks = [r.decision for r in self._parked if isinstance(r.decision, Park)]
-        timers = tuple(t for p in parks for t in p.timers)
-        late = datetime.max.replace(tzinfo=UTC)
-        first = min(parks, key=lambda p: (min((t.fire_at for t in p.timers), default=late), p.step))
-        return Park(first.step, timers)
-
-    def _hand_out(self) -> Decision | None:
-        """The next pending request as a decision (None: it was dealt with here)."""
-        request = self._pending[0]
-        decision = request.decision
-        if request.future.done():
-            self._pending.popleft()  # its branch was cancelled before it was handed out
-            return None
-        if isinstance(decision, Execute):
-            if self.paused or len(self._executing) >= self.job.max_parallel:
-                if self._executing:
-                    return Waiting()
-                return self._paused_park()
-            self._pending.popleft()
-            self._executing[decision.step] = request
-            return decision
-        self._pending.popleft()
-        if isinstance(decision, Checkpoint):
-            self._checkpoints.append(request)
-            while self._pending and isinstance(self._pending[0].decision, Checkpoint):
-                self._checkpoints.append(self._pending.popleft())
-            self._handed = decision
-            return decision
-        self._parked.append(request)  # a Park: given out once nothing else is to do
-        return None
-
-    async def _settle(self) -> None:
-        """Yield to the handler's tasks until they have asked something, or are quiet.
-
-        Branches run as ordinary asyncio tasks; a branch woken by an answer runs within
-        a loop iteration or two (one more per task it wakes in turn: gather, TaskGroup).
-        Quiet means a few iterations in a row with no request, turn or branch end.
-        """
-        # A branch just handed a step's outcome runs first: it records the outcome and
-        # asks its next request, so that the entry is in the outbox before the decision
-        # (another step started, or a Park that a paused run returns) is acted on.
-        woken, self._woken = self._woken, False
-        if self._pending and not woken:
-            return
-        start = self._activity
-        idle = 0
-        while idle < QUIET_ITERATIONS:
-            before = self._activity
-            await asyncio.sleep(0)
-            if self._pending and (not woken or self._activity != start):
-                return
-            idle = idle + 1 if self._activity == before else 0
-
-    def _schedule_turn(self) -> bool:
-        """Replay of parallel branches, in log order: hand the earliest recorded outcome
-        to the branch that waits for it, or pass over one that no branch will take
-        (its branch was cancelled); once none is left, let the live run begin.
-        True when something moved."""
-        while self._unconsumed and self._unconsumed[0] in self._consumed:
-            heapq.heappop(self._unconsumed)
-        if self._unconsumed:
-            seq = heapq.heappop(self._unconsumed)
-            self._consumed.add(seq)
-            waiter = self._turns.pop(seq, None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
-            return True
-        moved = False
-        for seq, waiter in list(self._turns.items()):  # recorded, but taken out of order
-            del self._turns[seq]
-            if not waiter.done():
-                waiter.set_result(None)
-                moved = True
-        self._replayed = True
-        gate, self._gate = self._gate, []
-        for _, waiter in sorted(gate, key=lambda g: g[0]):  # in a fixed order: by step
-            if not waiter.done():
-                waiter.set_result(None)
-                moved = True
-        return moved
-
-    async def _turn(self, step: str) -> None:
-        """Before a branch goes past ``step`` on a recorded outcome: wait until every
-        outcome recorded before it has been handed out (parallel branches only)."""
-        await self._confirm(step)
-        seq = self.recorded.proceeds.get(step)
-        if seq is None or seq in self._consumed:
-            return
-        if not self._concurrent or (self._unconsumed and self._unconsumed[0] == seq):
-            self._consumed.add(seq)
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        self._turns[seq] = waiter
-        self._poke()
-        await waiter
-
-    async def _live(self, step: str) -> None:
-        """Before a branch does something new (runs a step, writes an entry): wait
-        until every recorded outcome has been handed out (parallel branches only)."""
-        await self._confirm(step)
-        if not self._concurrent or self._replayed:
-            return
-        # The first time, every branch waits here until the handler is quiet and every
-        # recorded outcome handed out; then all go on together, in a fixed order.
-        waiter = asyncio.get_running_loop().create_future()
-        self._gate.append((step, waiter))
-        self._poke()
-        await waiter
-
-    def _poke(self) -> None:
-        self._activity += 1
-        if self._changed is not None and not self._changed.done():
-            self._changed.set_result(None)
-
     def close(self) -> None:
         """Drop the suspended handler and its branches (eviction, cancel, fence lost)."""
         for task in self._branches:
@@ -603,19 +412,6 @@ class Replay:
         await self._wind_down()
         self._final = self._ending(output, raised)
         self._poke()
-
-    async def _wind_down(self) -> None:
-        """The handler has ended: branches still running are cancelled (structured
-        concurrency), and steps in flight finish and are recorded before the end is."""
-        running = [t for t in self._branches if not t.done()]
-        for task in running:
-            task.cancel()
-        if running:
-            await asyncio.wait(running)
-        if self._executing:
-            self._drained = asyncio.get_running_loop().create_future()
-            self._poke()
-            await self._drained
 
     def _ending(self, output: Any, raised: BaseException | None) -> Decision:
         """The decision for a handler that returned ``output`` or raised ``raised``."""
@@ -812,51 +608,6 @@ class Replay:
         self.current_step = step
         return step
 
-    def _check_by_id(self, step: str, atom: str) -> None:
-        recorded_step = self.recorded.steps.get(step)
-        if recorded_step is not None and recorded_step.atom != atom:
-            raise self._unwind(
-                Diverged(
-                    step,
-                    f"step {step!r} is recorded as {ATOM_CALL[recorded_step.atom]}"
-                    f"({base_name(step)!r}), but the code now calls {ATOM_CALL[atom]}"
-                    f"({base_name(step)!r})" + ADVICE,
-                )
-            )
-
-    async def _confirm(self, step: str) -> None:
-        """A positional mismatch at ``step`` (see ``enter``) is a divergence unless a
-        branch of the handler calls an atom meanwhile: then steps are matched by id."""
-        suspect = self._suspect
-        if suspect is None or suspect[0] != step:
-            return
-        self._suspect = None
-        for _ in range(QUIET_ITERATIONS):
-            if self._concurrent:
-                break
-            self._poke()  # not quiet: the handler is still deciding
-            await asyncio.sleep(0)
-        if not self._concurrent:
-            raise self._unwind(suspect[2])
-        self._check_by_id(step, suspect[1])
-
-    def _branch_enters(self, name: str) -> None:
-        """Note which task uses step name ``name``: one name, one branch."""
-        task = asyncio.current_task()
-        assert task is not None
-        if task is not self._task and task not in self._branches:
-            self._branches.add(task)
-            self._concurrent = True
-            task.add_done_callback(lambda _: self._poke())
-        owner = self._owner.get(name)
-        if owner is None or owner.done():
-            self._owner[name] = task
-        elif owner is not task:
-            raise ConfigError(
-                f"step name {name!r} is used by two parallel branches; steps of parallel "
-                f"branches need names of their own, e.g. f'{name}:{{item}}'"
-            )
-
     def value(self, make: Callable[[], Any], parse: Callable[[Any], Any], call: str) -> Any:
         """A recorded value (``ctx.now/uuid/random``): made once, replayed after.
 
@@ -899,263 +650,3 @@ class Replay:
 
     def now(self) -> datetime:
         return self.clock()
-
-    async def do(
-        self,
-        name: str,
-        fn: Callable[[], Any],
-        retries: RetryPolicy | None,
-        timeout: float | None,
-    ) -> Any:
-        step = self.enter(name, "do")
-        policy = DEFAULT_RETRY if retries is None else retries
-        while True:
-            last = self._last_outcome(step)
-            attempt = 1
-            if isinstance(last, h.StepCompleted):
-                await self._turn(step)
-                return typed_result(last.result, fn)
-            if isinstance(last, h.StepFailed) and last.retry_at is None:
-                await self._turn(step)
-                raise StepFailed(step, last.attempt, last.error.type, last.error.message)
-            await self._live(step)
-            if isinstance(last, h.StepFailed) and last.retry_at is not None:
-                token = timer_token(step, "retry", last.attempt)
-                retry_at = parse_time(last.retry_at)
-                if self.clock() < retry_at:
-                    # Only time ends the wait: a timer input (fired, forged or orphaned
-                    # by a crash) just wakes the run to look at the clock.
-                    await self._park(step, token, retry_at, h.Timer(token, step, "retry"))
-                    continue
-                attempt = last.attempt + 1
-            self.current_step = step
-            if self.recorded.holds(step):
-                # Its effect happened and its result was not recordable: run it again
-                # only when an operator says so (a resume), never on a mere replay.
-                raise self._unwind(Held(step, self._unrecordable(step, None)))
-            # Values the handler took (ctx.uuid() for an idempotency key, ...) are
-            # durable before a step that may have been handed them starts.
-            self._record_values()
-            outcome: Outcome = await self._request(Execute(step, attempt, fn, timeout))
-            self._record(step, attempt, outcome, policy)
-            await self._request(Checkpoint())
-            if self.recorded.holds(step):
-                raise self._unwind(Held(step, self._blocked_info(step)))
-
-    def _unrecordable(
-        self, step: str, result: Any, exc: BaseException | None = None
-    ) -> h.ErrorInfo:
-        if exc is None:
-            return self._blocked_info(step)
-        message = (
-            f"step {step!r} returned a {type(result).__name__}, which jetlane cannot record "
-            f"({exc}). Its effect happened, so the run is held here rather than failed or "
-            "retried: make the step function return JSON-shaped data (e.g. response.json() "
-            "instead of the response), deploy the fix, then resume the run "
-            "(jetlane resume RUN_ID) to run the step again"
-        )
-        return bounded_error(UNRECORDABLE, message)
-
-    def _blocked_info(self, step: str) -> h.ErrorInfo:
-        """The error of the run_blocked that holds ``step``."""
-        last = self.recorded.last_entry
-        if isinstance(last, h.RunBlocked) and last.step == step:
-            return last.error
-        message = f"step {step!r} is held on a result that could not be recorded"
-        return bounded_error(UNRECORDABLE, message + "; resume the run to run it again")
-
-    def _last_outcome(self, step: str) -> Any:
-        return self.recorded.last_outcome(step)
-
-    def _record(self, step: str, attempt: int, outcome: Outcome, policy: RetryPolicy) -> None:
-        error = outcome.error
-        if error is None:
-            try:
-                raw = msgspec.json.encode(outcome.result)
-            except (TypeError, ValueError) as exc:
-                # The step's effect happened; failing it would lose that, retrying it would
-                # repeat it. Hold the run here until a fix and a resume (see ``do``).
-                info = self._unrecordable(step, outcome.result, exc)
-                self._emit(h.RunBlocked(step=step, error=info))
-                return
-            else:
-                if len(raw) > self.max_payload:
-                    error = PayloadTooLarge(
-                        f"step {step!r} returned {len(raw)} bytes; {self._limit_text()}"
-                    )
-                else:
-                    self._emit(
-                        h.StepCompleted(
-                            step=step,
-                            attempt=attempt,
-                            result=msgspec.Raw(raw),
-                            started_at=format_time(outcome.started_at),
-                            duration_ms=round(outcome.duration_ms, 3),
-                        )
-                    )
-                    return
-        final = isinstance(error, NonRetryableError | PayloadTooLarge)
-        delay = None if final else policy.delay_after(attempt)
-        info = error_info(error)
-        if delay is None:
-            self._emit(h.StepFailed(step=step, attempt=attempt, error=info, retry_at=None))
-            return
-        fire_at = self.clock() + timedelta(seconds=delay)
-        token = self._schedule(step, "retry", attempt, fire_at)
-        at = format_time(fire_at)
-        self._emit(h.StepFailed(step=step, attempt=attempt, error=info, retry_at=at))
-        self._emit(h.TimerSet(step=step, timer=token, fire_at=at, purpose="retry"))
-
-    async def sleep(self, name: str, seconds: float | None, until: datetime | None) -> None:
-        step = self.enter(name, "sleep")
-        token = timer_token(step, "sleep", 1)
-        while True:
-            entries = self.recorded.entries(step)
-            if any(isinstance(e, h.SleepCompleted) for e in entries):
-                await self._turn(step)
-                return
-            await self._live(step)
-            timer_set = next((e for e in entries if isinstance(e, h.TimerSet)), None)
-            if timer_set is None:
-                now = self.clock()
-                fire_at = until if until is not None else now + timedelta(seconds=seconds or 0)
-                if fire_at <= now:
-                    self._emit(h.SleepCompleted(step=step, input_seq=None))
-                    return
-                self._schedule(step, "sleep", 1, fire_at)
-                at = format_time(fire_at)
-                self._emit(h.TimerSet(step=step, timer=token, fire_at=at, purpose="sleep"))
-            else:
-                fire_at = parse_time(timer_set.fire_at)
-            if self.clock() >= fire_at:
-                # Ended by time, not by a message: an inbox publisher cannot forge it.
-                self._emit(h.SleepCompleted(step=step, input_seq=None))
-                return
-            await self._park(step, token, fire_at, h.Timer(token, step, "sleep"))
-
-    async def wait(self, name: str, type: str, timeout: float) -> Any:
-        step, seq = await self._wait(name, (type,), timeout, any_of=False)
-        return self._payload(step, seq)
-
-    async def wait_any(self, name: str, types: tuple[str, ...], timeout: float) -> Event:
-        step, seq = await self._wait(name, types, timeout, any_of=True)
-        event = self.recorded.event_at[seq]
-        return Event(type=event.type, payload=self._payload(step, seq), seq=seq)
-
-    async def _wait(
-        self, name: str, types: tuple[str, ...], timeout: float, *, any_of: bool
-    ) -> tuple[str, int]:
-        """Park until an event of one of ``types``: its step id and input sequence."""
-        step = self.enter(name, "wait_any" if any_of else "wait")
-        try:
-            return await self._waiting(step, types, timeout, any_of)
-        finally:
-            self._open_waits.pop(step, None)
-
-    def _opened(self, step: str, types: tuple[str, ...]) -> None:
-        """Note that ``step``'s wait has started (its wait_started is recorded)."""
-        if step in self._open_waits:
-            return
-        seq = self.recorded.wait_started_at.get(step)
-        if seq is not None:
-            key: tuple[float, int] = (seq, 0)
-        else:  # written in this session: after everything read, in the order written
-            self._emitted += 1
-            key = (self.recorded.last_seq + 0.5, self._emitted)
-        self._open_waits[step] = (key, types)
-
-    def _event_for(self, step: str, types: tuple[str, ...]) -> int | None:
-        """The event this wait takes: the earliest of its types that no wait started
-        before it (in another branch) takes first; the same live and on replay."""
-        if not self._open_waits or list(self._open_waits) == [step]:
-            return self.recorded.next_event(types)
-        waits = sorted((key, s, t) for s, (key, t) in self._open_waits.items())
-        if step not in self._open_waits:
-            waits.append(((math.inf, 0), step, types))  # starting now: after the others
-        taken: set[int] = set()
-        for _, other, wanted in waits:
-            seq = next(
-                (
-                    q
-                    for q, e in self.recorded.events
-                    if e.type in wanted and q not in self.recorded.consumed and q not in taken
-                ),
-                None,
-            )
-            if other == step:
-                return seq
-            if seq is not None:
-                taken.add(seq)
-        return None
-
-    async def _waiting(
-        self, step: str, types: tuple[str, ...], timeout: float, any_of: bool
-    ) -> tuple[str, int]:
-        token = timer_token(step, "wait_timeout", 1)
-        marked = list(types) if any_of else None  # what marks a wait_for_any on the wire
-        while True:
-            entries = self.recorded.entries(step)
-            started: h.WaitStarted | None = None
-            for entry in entries:
-                if isinstance(entry, h.EventReceived):
-                    await self._turn(step)
-                    return step, entry.input_seq
-                if isinstance(entry, h.WaitTimedOut):
-                    await self._turn(step)
-                    raise EventTimeout(step, types[0], types if any_of else None)
-                if isinstance(entry, h.WaitStarted):
-                    started = entry
-                    self._opened(step, types)
-            await self._live(step)
-            event_seq = self._event_for(step, types)
-            if event_seq is not None:
-                # An event stored before the runner decides wins, even at the deadline.
-                taken = self.recorded.event_at[event_seq].type
-                self._emit(
-                    h.EventReceived(step=step, type=taken, input_seq=event_seq, types=marked)
-                )
-                if started is not None:
-                    self.outbox.append(Unschedule(token))
-                return step, event_seq
-            if started is not None and self.clock() >= parse_time(started.timeout_at):
-                self._emit(h.WaitTimedOut(step=step, type=types[0], input_seq=None, types=marked))
-                raise EventTimeout(step, types[0], types if any_of else None)
-            if started is None:
-                timeout_at = self.clock() + timedelta(seconds=timeout)
-                self._schedule(step, "wait_timeout", 1, timeout_at)
-                at = format_time(timeout_at)
-                self._emit(h.WaitStarted(step=step, type=types[0], timeout_at=at, types=marked))
-                self._opened(step, types)
-                self._emit(h.TimerSet(step=step, timer=token, fire_at=at, purpose="wait_timeout"))
-                fire_at = timeout_at
-            else:
-                fire_at = parse_time(started.timeout_at)
-            await self._park(step, token, fire_at, h.Timer(token, step, "wait_timeout"))
-
-    async def invoke(
-        self,
-        name: str,
-        job: str,
-        input: Any,
-        run_id: str | None,
-        timeout: float | None,
-        *,
-        detached: bool = False,
-    ) -> Any:
-        """``step.invoke`` / ``step.start_run``: see ``children``."""
-        return await children.invoke(self, name, job, input, run_id, timeout, detached=detached)
-
-    def _payload(self, step: str, seq: int) -> Any:
-        """The payload of the event a wait took; one over the size limit fails the step."""
-        payload = self.recorded.event_at[seq].payload
-        size = len(msgspec.json.encode(payload))
-        if size > self.max_payload:
-            # Decided from the log alone, so a replay raises the same error again.
-            message = f"event payload for step {step!r} is {size} bytes; {self._limit_text()}"
-            raise StepFailed(step, 1, "PayloadTooLarge", message)
-        return payload
-
-    async def _park(self, step: str, token: str, fire_at: datetime, body: h.Timer) -> None:
-        rearm = token not in self._armed
-        self._armed.add(token)
-        await self._request(Park(step, (TimerSpec(token, fire_at, body, rearm),)))
