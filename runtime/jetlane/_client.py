@@ -33,8 +33,6 @@ from ._nats.connection import ConnectOptions
 from ._nats.log import Log
 from ._nats.names import Names
 
-_ENDED = {h.RunCompleted: "completed", h.RunFailed: "failed", h.RunCancelled: "cancelled"}
-
 
 def _arrived(status: RunStatus, history: list[h.Message]) -> str | None:
     """For a waiting run: the event it waits for that is already in its inbox, if any
@@ -181,7 +179,7 @@ class Client:
             ended = last is not None and isinstance(last.body, h.TERMINAL)
             if ended and not force:
                 assert last is not None
-                raise RunEnded(run_id, _ENDED.get(last.body.__class__, "ended"))
+                raise RunEnded(run_id, h.ended_as(last.body))
             try:
                 await self.log.publish_input(
                     run_id,

@@ -475,9 +475,7 @@ class Runner:
                 replay.close()
                 self._cancel_fast(run_id)
                 session.handled = len(session.deliveries)  # the run ended: nothing is late
-                status = {h.RunCompleted: "completed", h.RunFailed: "failed"}.get(
-                    type(replay.terminal or decision.entry), "cancelled"
-                )
+                status = h.ended_as(replay.terminal or decision.entry)
                 self.metrics.runs_ended.labels(replay.job.name, status).inc()
                 ended = replay.terminal or decision.entry
                 if isinstance(ended, h.RunFailed):

@@ -277,6 +277,15 @@ JOURNAL_KINDS: Final[dict[str, type[Any]]] = {
     "run_cancelled": RunCancelled,
 }
 TERMINAL: Final = (RunCompleted, RunFailed, RunCancelled)
+
+
+def ended_as(terminal: RunCompleted | RunFailed | RunCancelled) -> str:
+    """The status a terminal entry ends a run with: completed, failed or cancelled."""
+    if isinstance(terminal, RunCompleted):
+        return "completed"
+    return "failed" if isinstance(terminal, RunFailed) else "cancelled"
+
+
 KIND_OF: Final[dict[type[Any], str]] = {
     t: k for kinds in (INPUT_KINDS, JOURNAL_KINDS) for k, t in kinds.items()
 }
