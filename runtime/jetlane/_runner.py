@@ -57,6 +57,7 @@ from typing import Any
 
 import structlog
 
+from . import _parked, _waiting
 from ._answers import serve_answers
 from ._core import history as h
 from ._core.bounds import error_info, where
@@ -67,7 +68,6 @@ from ._core.errors import (
     DecodeError,
     FenceLost,
     JetlaneError,
-    NoResponders,
 )
 from ._core.replay import (
     DEFAULT_MAX_PAYLOAD,
@@ -112,9 +112,6 @@ class RunnerConfig:
 
 LOGGED_CHARS = 2000  # of an error message in a log line (the journal keeps 8 KiB)
 
-# A fired timer this far ahead of our clock is taken as our clock lagging the server's.
-MAX_CLOCK_SKEW = 5.0
-
 
 @dataclass
 class _Session:
@@ -133,6 +130,18 @@ class _Session:
 
 class Runner:
     """Serves ``jobs`` from the pool's shared consumer until ``stop()``."""
+
+    # Bodies kept in modules of their own (``Runner`` methods all the same).
+    _unserved = _waiting._unserved
+    _ours = _waiting._ours
+    _foreign = _waiting._foreign
+    _wake_waiting = _waiting._wake_waiting
+    _may_take = _waiting._may_take
+    _remember = _parked._remember
+    _evict = _parked._evict
+    _cancel_fast = _parked._cancel_fast
+    _arm = _parked._arm
+    _fire_fast = _parked._fire_fast
 
     def __init__(
         self,
@@ -496,71 +505,6 @@ class Runner:
             await self._moved_on(session)
             return "parked"
 
-    async def _unserved(self, run_id: str, job: str, history: list[h.Message]) -> None:
-        if self.config.index:
-            queued = summarize(run_id, history)
-            if queued is not None and queued.status == "queued":
-                queued.detail = None
-                await self.log.put_index(run_id, record(queued))
-        logger.info(
-            "no such job on this runner; the run waits for a runner that serves it",
-            run_id=run_id,
-            job=job,
-        )
-        await self.log.mark_waiting(run_id, job, "unserved")
-
-    async def _ours(self, run_id: str, job: Job, history: list[h.Message]) -> bool:
-        """Whether a runner of our build may advance the run; a run no build owns yet
-        is pinned to ours first (if it has no journal entry: a run in flight stays
-        unpinned, as it was). ``history`` gets the ``run_started`` we append."""
-        ours = self.config.build_id
-        pinned = h.pinned_build(history)
-        if pinned == ours:
-            return True
-        if pinned is not None:
-            await self._foreign(run_id, job.name, pinned, history)
-            return False
-        if not any(m.direction == "out" for m in history):
-            body = h.RunStarted(build=ours)
-            try:
-                seq = await self.log.append(run_id, body, history[-1].seq)
-            except FenceLost:  # an input came (or a runner of another build pinned it)
-                raise Outdated("run_started") from None
-            history.append(h.Message(seq, run_id, "out", "run_started", body))
-        return True
-
-    async def _foreign(self, run_id: str, job: str, build: str, history: list[h.Message]) -> None:
-        """A run pinned to another build: marked waiting for it, and its runners asked to
-        take it; if none answers, adopted (``adopt_orphans``) or left for an operator."""
-        await self.log.mark_waiting(run_id, job, "build", build)
-        try:
-            await self.log.ask(self.log.names.wake(job, build), run_id.encode(), timeout=1.0)
-            logger.info(
-                "run pinned to another build; its runners took it", run_id=run_id, build=build
-            )
-            return
-        except (NoResponders, TimeoutError):
-            pass  # no live runner of that build serves the job (drained, or gone)
-        ours = self.config.build_id
-        if self.config.adopt_orphans and ours is not None:
-            reason = f"adopted by build {ours}: no live runner of build {build} serves {job}"
-            await self.log.publish_input(run_id, h.Pin(build=ours, reason=reason))
-            await self.log.clear_waiting(run_id)  # the pin's delivery takes it on
-            logger.warning("run adopted", run_id=run_id, job=job, build=build, to=ours)
-            return
-        if self.config.index:
-            summary = summarize(run_id, history)
-            if summary is not None:
-                summary.updated_at = format_time(datetime.now(UTC))
-                await self.log.put_index(run_id, record(summary))
-        logger.warning(
-            "run waits for a runner of its build; none is live: start one, or re-pin it "
-            "(jetlane runs pin RUN --build NEW)",
-            run_id=run_id,
-            job=job,
-            build=build,
-        )
-
     async def _moved_on(self, session: _Session) -> None:
         if session.waiting:
             session.waiting = False
@@ -629,84 +573,7 @@ class Runner:
 
     # -- parked runs: cache and in-memory timers ------------------------------
 
-    def _remember(self, replay: Replay) -> None:
-        self._cache[replay.run_id] = replay
-        while len(self._cache) > self.config.cache_size:
-            _, old = self._cache.popitem(last=False)
-            old.close()
-            if old is not replay:  # its session's end writes its index record, then evicts
-                self._summaries.pop(old.run_id, None)
-
-    def _evict(self, run_id: str) -> None:
-        self._summaries.pop(run_id, None)
-        replay = self._cache.pop(run_id, None)
-        if replay is not None:
-            replay.close()
-
-    def _cancel_fast(self, run_id: str) -> None:
-        handle = self._fast.pop(run_id, None)
-        if handle is not None:
-            handle.cancel()
-
-    async def _arm(self, replay: Replay, park: Park, session: _Session) -> None:
-        now = datetime.now(UTC)
-        self._cancel_fast(replay.run_id)
-        soonest: float | None = None  # parallel branches may park on several timers
-        for spec in park.timers:
-            delay = (spec.fire_at - now).total_seconds()
-            if spec.rearm:
-                # Found parked after a replay: the schedule may be gone; a new one replaces it.
-                await self.log.schedule(replay.run_id, spec.token, spec.fire_at, spec.body)
-            if 0 < delay <= MAX_CLOCK_SKEW and replay.fired(spec.token):
-                # The server fired it, but our clock is a little behind: come back when
-                # it is due, through the delivery (durable even if this process dies).
-                # Further off, the timer was forged or orphaned: nothing to hold for.
-                session.redeliver_in = delay + 0.01
-            if delay <= self.config.fast_timer_window:
-                soonest = delay if soonest is None else min(soonest, delay)
-        if soonest is not None:
-            # Wakes the run here at the first fire_at (the schedule's fire is ~250 ms
-            # coarse). It sends nothing: the core decides by the clock, and re-parks on
-            # the others, arming the next.
-            loop = asyncio.get_running_loop()
-            self._fast[replay.run_id] = loop.call_at(
-                loop.time() + max(soonest, 0.0) + 0.002, self._fire_fast, replay.run_id
-            )
-
-    def _fire_fast(self, run_id: str) -> None:
-        self._fast.pop(run_id, None)
-        if not self._stopping.is_set():
-            self._wake(run_id)
-
     # -- waiting runs ---------------------------------------------------------
-
-    async def _wake_waiting(self) -> None:
-        """Look for waiting runs of our jobs now (new code, or a job newly served) and
-        every ``wake_interval`` (a wake-up lost in a race is found then)."""
-        while True:
-            try:
-                count = 0
-                async for run_id, job, why in self.log.waiting_runs():
-                    if job in self.jobs and self._may_take(why):
-                        while len(self._tasks) >= self.config.concurrency:
-                            self._slot.clear()  # thousands may wait: keep to our slots
-                            await self._slot.wait()
-                        self._wake(run_id, waiting=True)
-                        count += 1
-                if count:
-                    logger.info("woke waiting runs", runs=count)
-            except Exception as exc:  # a failed scan must not stop the runner: next time
-                logger.warning("scan of waiting runs failed", error=str(exc))
-            await asyncio.sleep(self.config.wake_interval)
-
-    def _may_take(self, why: str) -> bool:
-        """Whether a waiting run marked ``why`` is one for us to look at."""
-        build = why.removeprefix("build:") if why.startswith("build:") else None
-        return (
-            build is None
-            or self.config.build_id in (None, build)
-            or self.config.adopt_orphans  # ours if its build has no live runner
-        )
 
     # -- liveness -------------------------------------------------------------
 
